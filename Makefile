@@ -1,0 +1,53 @@
+# The two commands a newcomer needs: `make run` and `make test`. Everything else
+# they need (virtualenv, Kafka jars, a local broker) is installed on the way.
+PYTHON ?= python3.11
+VENV := .venv
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.installed-stamp
+
+.PHONY: run test test-unit lint format kafka-up kafka-down kafka-status jars clean help
+
+help:
+	@echo "make run         start a local broker if none answers, then the worker"
+	@echo "make test        every test, against a broker started for the session"
+	@echo "make test-unit   only the fast tests (no Kafka)"
+	@echo "make lint        ruff check and format check"
+	@echo "make kafka-up / kafka-down   the local broker on its own"
+
+$(STAMP): pyproject.toml
+	@command -v $(PYTHON) >/dev/null 2>&1 || { echo "error: $(PYTHON) not found: install Python 3.11"; exit 2; }
+	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet --disable-pip-version-check -e '.[dev]'
+	@touch $(STAMP)
+
+jars: $(STAMP)
+	@$(PY) -m localkafka fetch
+
+run: jars
+	@$(PY) -m localkafka run -- $(VENV)/bin/cameleer-merger
+
+test: jars
+	$(PY) -m pytest -q $(PYTEST_ARGS)
+
+test-unit: $(STAMP)
+	$(PY) -m pytest -q tests/unit $(PYTEST_ARGS)
+
+lint: $(STAMP)
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/ruff format --check .
+
+format: $(STAMP)
+	$(VENV)/bin/ruff format .
+	$(VENV)/bin/ruff check --fix .
+
+kafka-up: jars
+	@$(PY) -m localkafka up
+
+kafka-down: $(STAMP)
+	@$(PY) -m localkafka down
+
+kafka-status: $(STAMP)
+	@$(PY) -m localkafka status
+
+clean:
+	rm -rf $(VENV) .cache/kafka-data .kafka state

@@ -1,0 +1,41 @@
+"""`cameleer-merger [options]`: prepare topics, then run the Faust worker in the foreground."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import sys
+
+from .config import Settings, apply_arguments
+
+
+def main(argv: list[str] | None = None) -> None:
+    apply_arguments(argv if argv is not None else sys.argv[1:], os.environ)
+    try:
+        settings = Settings.from_env()
+    except ValueError as exc:
+        sys.exit(f"cameleer-merger: {exc}")
+    from .topics import ensure_topics
+    from .worker import create_app
+
+    try:
+        partitions = asyncio.run(ensure_topics(settings))
+    except RuntimeError as exc:
+        sys.exit(f"cameleer-merger: {exc}")
+    settings.state_dir.mkdir(parents=True, exist_ok=True)
+    app = create_app(settings, partitions)
+    # Faust's own CLI runs the worker (signals, logging, web server); our options are done.
+    sys.argv = [
+        "cameleer-merger",
+        "worker",
+        "--loglevel",
+        settings.log_level,
+        "--web-port",
+        str(settings.web_port),
+        "--without-web" if settings.web_port == 0 else "--with-web",
+    ]
+    app.main()
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,141 @@
+"""The worker's settings: environment variables, each also a command-line option."""
+
+from __future__ import annotations
+
+import argparse
+import os
+from dataclasses import dataclass, fields
+from pathlib import Path
+
+
+@dataclass(frozen=True)
+class Option:
+    env: str
+    flag: str
+    default: str
+    help: str
+
+
+OPTIONS = (
+    Option("KAFKA_BOOTSTRAP_SERVERS", "--bootstrap-servers", "localhost:9092", "Kafka brokers"),
+    Option("CAMELEER_RAW_TOPIC", "--raw-topic", "cameleer.executions.raw", "raw event topic"),
+    Option("CAMELEER_OUTPUT_TOPIC", "--output-topic", "cameleer.executions", "merged topic"),
+    Option("CAMELEER_DLQ_TOPIC", "--dlq-topic", "cameleer.executions.dlq", "dead-letter topic"),
+    Option("CAMELEER_AGENTS_TOPIC", "--agents-topic", "cameleer.agents", "agent registrations"),
+    Option(
+        "CAMELEER_STALE_AFTER", "--stale-after", "300", "seconds before a held RUNNING is flushed"
+    ),
+    Option(
+        "CAMELEER_DEDUPE_WINDOW", "--dedupe-window", "3600", "seconds a terminal marker is kept"
+    ),
+    Option("CAMELEER_STATE_DIR", "--state-dir", "./state", "folder of the local RocksDB state"),
+    Option(
+        "CAMELEER_PROCESSING_GUARANTEE",
+        "--processing-guarantee",
+        "exactly_once",
+        "exactly_once or at_least_once",
+    ),
+    Option("CAMELEER_WEB_PORT", "--web-port", "6066", "port of the worker's HTTP endpoints"),
+    Option(
+        "CAMELEER_APP_ID", "--app-id", "cameleer-merger", "consumer group and internal-topic prefix"
+    ),
+    Option(
+        "CAMELEER_MAX_RECORD_BYTES",
+        "--max-record-bytes",
+        "1000000",
+        "largest record written to the output topic; larger ones go to the DLQ",
+    ),
+    Option(
+        "CAMELEER_RAW_PARTITIONS",
+        "--raw-partitions",
+        "6",
+        "partitions of the raw topic when the worker has to create it",
+    ),
+    Option("CAMELEER_LOG_LEVEL", "--log-level", "info", "debug, info, warning or error"),
+)
+
+
+@dataclass(frozen=True)
+class Settings:
+    bootstrap_servers: str
+    raw_topic: str
+    output_topic: str
+    dlq_topic: str
+    agents_topic: str
+    stale_after: float
+    dedupe_window: float
+    state_dir: Path
+    processing_guarantee: str
+    web_port: int
+    app_id: str
+    max_record_bytes: int
+    raw_partitions: int
+    log_level: str
+
+    @property
+    def exactly_once(self) -> bool:
+        return self.processing_guarantee == "exactly_once"
+
+    @classmethod
+    def from_env(cls, env: dict[str, str] | None = None) -> Settings:
+        env = os.environ if env is None else env
+        raw = {f.name: env.get(o.env, o.default) for f, o in zip(fields(cls), OPTIONS, strict=True)}
+        return cls._parse(raw)
+
+    @classmethod
+    def _parse(cls, raw: dict[str, str]) -> Settings:
+        guarantee = raw["processing_guarantee"].strip().lower()
+        if guarantee not in ("exactly_once", "at_least_once"):
+            raise ValueError(
+                "CAMELEER_PROCESSING_GUARANTEE must be exactly_once or at_least_once, "
+                f"not {guarantee!r}"
+            )
+        level = raw["log_level"].strip().lower()
+        if level not in ("debug", "info", "warning", "error"):
+            raise ValueError(
+                f"CAMELEER_LOG_LEVEL must be debug, info, warning or error, not {level!r}"
+            )
+        try:
+            settings = cls(
+                bootstrap_servers=raw["bootstrap_servers"],
+                raw_topic=raw["raw_topic"],
+                output_topic=raw["output_topic"],
+                dlq_topic=raw["dlq_topic"],
+                agents_topic=raw["agents_topic"],
+                stale_after=float(raw["stale_after"]),
+                dedupe_window=float(raw["dedupe_window"]),
+                state_dir=Path(raw["state_dir"]).resolve(),
+                processing_guarantee=guarantee,
+                web_port=int(raw["web_port"]),
+                app_id=raw["app_id"],
+                max_record_bytes=int(raw["max_record_bytes"]),
+                raw_partitions=int(raw["raw_partitions"]),
+                log_level=level,
+            )
+        except ValueError as exc:
+            raise ValueError(f"bad setting: {exc}") from None
+        if settings.stale_after <= 0 or settings.dedupe_window <= 0:
+            raise ValueError("CAMELEER_STALE_AFTER and CAMELEER_DEDUPE_WINDOW must be positive")
+        return settings
+
+
+def argument_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="cameleer-merger",
+        description="Merge Cameleer's two-phase execution events into one record per execution.",
+        epilog="Each option defaults to its environment variable, then to the built-in default.",
+    )
+    for opt in OPTIONS:
+        parser.add_argument(
+            opt.flag, metavar=opt.env, help=f"{opt.help} (${opt.env}, default {opt.default})"
+        )
+    return parser
+
+
+def apply_arguments(argv: list[str] | None, env: dict[str, str]) -> None:
+    """Command-line options override the environment (which the worker then reads)."""
+    args = argument_parser().parse_args(argv)
+    for opt in OPTIONS:
+        value = getattr(args, opt.flag.lstrip("-").replace("-", "_"))
+        if value is not None:
+            env[opt.env] = value

@@ -1,0 +1,119 @@
+"""What the worker keeps per execution, and its byte layout in RocksDB.
+
+Two key spaces share one store (and so one changelog topic):
+- `e` + execution_id -> the execution's state: `Held` RUNNING events, or a
+  `Marker` saying its terminal record went out (for the dedupe window).
+- `i` + due time (8 bytes, big-endian ms) + execution_id -> b"": a time index,
+  so a sweep reads only the entries that are due, in due order, never the whole
+  store.
+
+Held RUNNING events are kept as their original bytes with where they came from:
+a stale flush of one event emits it unchanged, and a merge too large for the
+output topic goes to the DLQ as the original events, with their source headers.
+"""
+
+from __future__ import annotations
+
+import struct
+from dataclasses import dataclass
+
+_HELD = b"H"
+_MARKER = b"T"
+_HELD_HEAD = struct.Struct(">qqBH")  # first_ts_ms, due_ms, flags, event count
+_SOURCE_HEAD = struct.Struct(
+    ">iqqiiH"
+)  # partition, offset, ts, key len (-1: none), value len, topic len
+_MARKER_BODY = struct.Struct(">q")
+_DUE = struct.Struct(">Q")
+STATE_PREFIX = b"e"
+INDEX_PREFIX = b"i"
+
+
+@dataclass(frozen=True, slots=True)
+class Source:
+    """A record as read from Kafka: its bytes and coordinates (for DLQ headers)."""
+
+    topic: str
+    partition: int
+    offset: int
+    timestamp_ms: int
+    key: bytes | None
+    value: bytes
+    headers: tuple[tuple[str, bytes], ...] = ()
+
+
+@dataclass(frozen=True, slots=True)
+class Held:
+    first_ts_ms: int
+    due_ms: int
+    stale_emitted: bool
+    events: tuple[Source, ...]
+
+
+@dataclass(frozen=True, slots=True)
+class Marker:
+    expires_ms: int
+
+
+def state_key(execution_id: str) -> bytes:
+    return STATE_PREFIX + execution_id.encode()
+
+
+def index_key(due_ms: int, execution_id: str) -> bytes:
+    return INDEX_PREFIX + _DUE.pack(max(due_ms, 0)) + execution_id.encode()
+
+
+def index_upper_bound(now_ms: int) -> bytes:
+    """First index key that is not yet due at now_ms (exclusive upper bound of a sweep)."""
+    return INDEX_PREFIX + _DUE.pack(max(now_ms, 0) + 1)
+
+
+def parse_index_key(key: bytes) -> tuple[int, str]:
+    (due,) = _DUE.unpack_from(key, 1)
+    return due, key[9:].decode()
+
+
+def encode_state(state: Held | Marker) -> bytes:
+    if isinstance(state, Marker):
+        return _MARKER + _MARKER_BODY.pack(state.expires_ms)
+    parts = [
+        _HELD,
+        _HELD_HEAD.pack(state.first_ts_ms, state.due_ms, state.stale_emitted, len(state.events)),
+    ]
+    for src in state.events:
+        topic = src.topic.encode()
+        key_len = -1 if src.key is None else len(src.key)
+        parts.append(
+            _SOURCE_HEAD.pack(
+                src.partition, src.offset, src.timestamp_ms, key_len, len(src.value), len(topic)
+            )
+        )
+        parts.append(topic)
+        if src.key is not None:
+            parts.append(src.key)
+        parts.append(src.value)
+    return b"".join(parts)
+
+
+def decode_state(data: bytes) -> Held | Marker:
+    kind = data[:1]
+    if kind == _MARKER:
+        return Marker(_MARKER_BODY.unpack_from(data, 1)[0])
+    if kind != _HELD:
+        raise ValueError(f"unknown state record kind {kind!r}")
+    first_ts, due, flags, count = _HELD_HEAD.unpack_from(data, 1)
+    pos = 1 + _HELD_HEAD.size
+    events = []
+    for _ in range(count):
+        partition, offset, ts, key_len, value_len, topic_len = _SOURCE_HEAD.unpack_from(data, pos)
+        pos += _SOURCE_HEAD.size
+        topic = data[pos : pos + topic_len].decode()
+        pos += topic_len
+        key = None
+        if key_len >= 0:
+            key = data[pos : pos + key_len]
+            pos += key_len
+        value = data[pos : pos + value_len]
+        pos += value_len
+        events.append(Source(topic, partition, offset, ts, key, value))
+    return Held(first_ts, due, bool(flags), tuple(events))

@@ -1,0 +1,100 @@
+"""Agent registrations (agent_id -> protocol_version), read from the agents topic.
+
+Every worker reads the whole compacted topic (all partitions, no group) into a
+small dict; it is caught up before the worker takes raw records, and follows
+new registrations while it runs.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+
+import orjson
+from aiokafka import AIOKafkaConsumer, TopicPartition
+
+log = logging.getLogger(__name__)
+
+
+def parse_registration(value: bytes | None) -> tuple[str, int] | None:
+    try:
+        body = orjson.loads(value) if value else None
+    except orjson.JSONDecodeError:
+        return None
+    if not isinstance(body, dict):
+        return None
+    agent, version = body.get("agent_id"), body.get("protocol_version")
+    if isinstance(agent, str) and type(version) is int and version in (1, 2):
+        return agent, version
+    return None
+
+
+class AgentRegistry:
+    def __init__(self, bootstrap_servers: str, topic: str) -> None:
+        self.bootstrap_servers = bootstrap_servers
+        self.topic = topic
+        self.versions: dict[str, int] = {}
+        self._consumer: AIOKafkaConsumer | None = None
+        self._task: asyncio.Task | None = None
+        self.ready = asyncio.Event()  # set once caught up (or given up on)
+
+    def _record(self, key: bytes | None, value: bytes | None) -> None:
+        parsed = parse_registration(value)
+        if parsed is not None:
+            self.versions[parsed[0]] = parsed[1]
+        elif value is None and key is not None:  # tombstone: the agent is gone
+            self.versions.pop(key.decode(errors="replace"), None)
+
+    async def start(self, catch_up_timeout: float = 30.0) -> None:
+        try:
+            await self._catch_up(catch_up_timeout)
+        finally:
+            self.ready.set()
+
+    async def _catch_up(self, catch_up_timeout: float) -> None:
+        consumer = AIOKafkaConsumer(
+            bootstrap_servers=self.bootstrap_servers,
+            enable_auto_commit=False,
+            auto_offset_reset="earliest",
+            isolation_level="read_committed",
+        )
+        await consumer.start()
+        self._consumer = consumer
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + catch_up_timeout
+        partitions: set[int] = set()
+        while not partitions and loop.time() < deadline:
+            await consumer.topics()  # refreshes metadata, so partitions_for_topic answers
+            partitions = consumer.partitions_for_topic(self.topic) or set()
+            if not partitions:
+                await asyncio.sleep(0.5)  # poll: the topic was created a moment ago
+        tps = [TopicPartition(self.topic, p) for p in sorted(partitions)]
+        if not tps:
+            log.warning("agents topic %s not found; every agent counts as protocol 1", self.topic)
+            return
+        consumer.assign(tps)
+        await consumer.seek_to_beginning(*tps)
+        ends = await consumer.end_offsets(tps)
+        while any(await consumer.position(tp) < end for tp, end in ends.items()):
+            if loop.time() > deadline:
+                log.warning("agent registry not caught up after %.0fs; going on", catch_up_timeout)
+                break
+            await self._poll(consumer)
+        log.info("agent registry: %d agents registered", len(self.versions))
+        self._task = asyncio.create_task(self._follow(consumer))
+
+    async def _poll(self, consumer: AIOKafkaConsumer) -> None:
+        batches = await consumer.getmany(timeout_ms=500)
+        for records in batches.values():
+            for rec in records:
+                self._record(rec.key, rec.value)
+
+    async def _follow(self, consumer: AIOKafkaConsumer) -> None:
+        while True:
+            await self._poll(consumer)
+
+    async def stop(self) -> None:
+        if self._task:
+            self._task.cancel()
+        if self._consumer:
+            await self._consumer.stop()

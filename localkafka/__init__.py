@@ -1,0 +1,282 @@
+"""A real single-node Apache Kafka broker (KRaft) on loopback, from Kafka's own jars.
+
+Maven fetches the broker jars from Maven Central into `.cache/kafka/<version>/libs`
+(once; a marker file says the copy is complete). `start()` formats a data folder and
+runs `kafka.Kafka` with a capped heap; `stop()` ends it. Used by `make run`,
+`make kafka-up`/`kafka-down` and the test session fixture, so all three run the
+same broker the same way.
+"""
+
+from __future__ import annotations
+
+import base64
+import contextlib
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+import uuid
+from dataclasses import dataclass
+from pathlib import Path
+
+KAFKA_VERSION = "3.9.2"
+PACKAGE_DIR = Path(__file__).resolve().parent
+PROJECT_DIR = PACKAGE_DIR.parent
+CACHE_DIR = Path(os.environ.get("CAMELEER_CACHE_DIR", PROJECT_DIR / ".cache"))
+LIBS_DIR = CACHE_DIR / "kafka" / KAFKA_VERSION / "libs"
+_COMPLETE = LIBS_DIR / ".complete"
+DEFAULT_HEAP = os.environ.get("KAFKA_HEAP", "512m")
+
+
+class SetupError(RuntimeError):
+    """A missing tool or a failed step, said in one line for the user."""
+
+
+def _need(tool: str, what: str) -> str:
+    path = shutil.which(tool)
+    if path is None:
+        raise SetupError(f"'{tool}' not found: install {what} to run the local Kafka broker")
+    return path
+
+
+def ensure_jars(quiet: bool = False) -> Path:
+    """Fetch the broker jars once; later calls download nothing."""
+    if _COMPLETE.exists():
+        return LIBS_DIR
+    _need("java", "a Java 17+ runtime (e.g. apt-get install openjdk-17-jre-headless)")
+    mvn = _need("mvn", "Apache Maven (e.g. apt-get install maven)")
+    staging = LIBS_DIR.with_name("libs.partial")
+    shutil.rmtree(staging, ignore_errors=True)
+    if not quiet:
+        print(f"localkafka: fetching Apache Kafka {KAFKA_VERSION} jars with Maven...", flush=True)
+    cmd = [
+        mvn,
+        "-q",
+        "-B",
+        "-f",
+        str(PACKAGE_DIR / "pom.xml"),
+        f"-Dkafka.version={KAFKA_VERSION}",
+        "dependency:copy-dependencies",
+        "-DincludeScope=runtime",
+        f"-DoutputDirectory={staging}",
+    ]
+    proc = subprocess.run(cmd, capture_output=True, text=True)
+    if proc.returncode != 0:
+        tail = (proc.stdout + proc.stderr).strip().splitlines()[-5:]
+        raise SetupError("Maven could not fetch the Kafka jars:\n  " + "\n  ".join(tail))
+    shutil.rmtree(LIBS_DIR, ignore_errors=True)
+    staging.rename(LIBS_DIR)
+    _COMPLETE.write_text(KAFKA_VERSION + "\n")
+    return LIBS_DIR
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def answers(host: str, port: int, timeout: float = 1.0) -> bool:
+    """True when something accepts TCP connections there."""
+    try:
+        with socket.create_connection((host, port), timeout=timeout):
+            return True
+    except OSError:
+        return False
+
+
+def parse_bootstrap(servers: str) -> tuple[str, int]:
+    first = servers.split(",")[0].strip()
+    first = first.split("://", 1)[-1]
+    host, _, port = first.rpartition(":")
+    return (host or "localhost"), int(port or 9092)
+
+
+@dataclass
+class Broker:
+    """A running broker process and where it lives."""
+
+    port: int
+    data_dir: Path
+    process: subprocess.Popen | None = None
+    pid: int | None = None
+
+    @property
+    def bootstrap(self) -> str:
+        return f"127.0.0.1:{self.port}"
+
+    @property
+    def log_file(self) -> Path:
+        return self.data_dir / "logs" / "server.log"
+
+    def stop(self, timeout: float = 30.0) -> None:
+        pid = self.process.pid if self.process else self.pid
+        if pid is None:
+            return
+        stop_pid(pid, timeout)
+        if self.process:
+            self.process.wait()
+
+    def kill(self) -> None:
+        """SIGKILL, for fault injection: the broker gets no chance to clean up."""
+        pid = self.process.pid if self.process else self.pid
+        if pid is not None:
+            os.kill(pid, signal.SIGKILL)
+            if self.process:
+                self.process.wait()
+
+
+def _properties(port: int, controller_port: int, data_dir: Path) -> str:
+    # One node is broker and controller; every replication factor is 1, and the
+    # initial-rebalance delay is off so consumer groups form at once.
+    return f"""\
+process.roles=broker,controller
+node.id=1
+controller.quorum.voters=1@127.0.0.1:{controller_port}
+listeners=PLAINTEXT://127.0.0.1:{port},CONTROLLER://127.0.0.1:{controller_port}
+advertised.listeners=PLAINTEXT://127.0.0.1:{port}
+controller.listener.names=CONTROLLER
+listener.security.protocol.map=PLAINTEXT:PLAINTEXT,CONTROLLER:PLAINTEXT
+inter.broker.listener.name=PLAINTEXT
+log.dirs={data_dir / "kraft"}
+num.partitions=6
+offsets.topic.replication.factor=1
+offsets.topic.num.partitions=10
+transaction.state.log.replication.factor=1
+transaction.state.log.min.isr=1
+transaction.state.log.num.partitions=10
+group.initial.rebalance.delay.ms=0
+auto.create.topics.enable=false
+log.cleaner.backoff.ms=1000
+"""
+
+
+def start(
+    port: int | None = None,
+    data_dir: Path | None = None,
+    heap: str = DEFAULT_HEAP,
+    timeout: float = 90.0,
+    detach: bool = False,
+) -> Broker:
+    """Start a broker (formatting its data folder the first time) and wait until it serves."""
+    libs = ensure_jars()
+    port = port or free_port()
+    data_dir = Path(data_dir or CACHE_DIR / "kafka-data" / str(port)).resolve()
+    logs = data_dir / "logs"
+    logs.mkdir(parents=True, exist_ok=True)
+    props = data_dir / "server.properties"
+    controller_port = _controller_port(data_dir)
+    props.write_text(_properties(port, controller_port, data_dir))
+    java = _need("java", "a Java 17+ runtime (e.g. apt-get install openjdk-17-jre-headless)")
+    jvm = [
+        java,
+        f"-Xmx{heap}",
+        f"-Xms{heap}",
+        "-XX:+UseG1GC",
+        "-XX:MaxGCPauseMillis=20",
+        "-Djava.awt.headless=true",
+        f"-Dkafka.logs.dir={logs}",
+        f"-Dlog4j.configuration=file:{PACKAGE_DIR / 'log4j.properties'}",
+        "-cp",
+        f"{libs}/*",
+    ]
+    if not (data_dir / "kraft" / "meta.properties").exists():
+        cluster_id = base64.urlsafe_b64encode(uuid.uuid4().bytes).decode().rstrip("=")
+        fmt = subprocess.run(
+            [
+                *jvm[:1],
+                "-Xmx256m",
+                *jvm[4:],
+                "kafka.tools.StorageTool",
+                "format",
+                "-t",
+                cluster_id,
+                "-c",
+                str(props),
+            ],
+            capture_output=True,
+            text=True,
+        )
+        if fmt.returncode != 0:
+            raise SetupError(f"could not format Kafka storage: {fmt.stdout}{fmt.stderr}".strip())
+    out = open(logs / "stdout.log", "ab")  # noqa: SIM115 - owned by the child process
+    proc = subprocess.Popen(
+        [*jvm, "kafka.Kafka", str(props)],
+        stdout=out,
+        stderr=subprocess.STDOUT,
+        stdin=subprocess.DEVNULL,
+        start_new_session=True,  # Ctrl-C reaches the worker, which then stops us in order
+    )
+    out.close()
+    broker = Broker(port=port, data_dir=data_dir, process=None if detach else proc, pid=proc.pid)
+    (data_dir / "broker.pid").write_text(str(proc.pid))
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise SetupError(
+                f"the Kafka broker exited with code {proc.returncode}; see {broker.log_file}"
+            )
+        if _started(broker.log_file) and answers("127.0.0.1", port):
+            return broker
+        time.sleep(0.2)  # poll interval while the JVM boots
+    broker.stop()
+    raise SetupError(f"the Kafka broker did not start within {timeout:.0f}s; see {broker.log_file}")
+
+
+def _controller_port(data_dir: Path) -> int:
+    # A restarted broker must keep its controller port: the quorum voters are fixed.
+    saved = data_dir / "controller.port"
+    if saved.exists():
+        return int(saved.read_text())
+    port = free_port()
+    saved.write_text(str(port))
+    return port
+
+
+def _started(log_file: Path) -> bool:
+    try:
+        with open(log_file, "rb") as f:
+            f.seek(max(0, log_file.stat().st_size - 65536))
+            tail = f.read()
+    except OSError:
+        return False
+    return tail.rfind(b"Kafka Server started") > tail.rfind(b"shutting down")
+
+
+def stop_pid(pid: int, timeout: float = 30.0) -> None:
+    try:
+        os.kill(pid, signal.SIGTERM)
+    except ProcessLookupError:
+        return
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if not _alive(pid):
+            return
+        time.sleep(0.1)  # poll for the controlled shutdown to finish
+    with contextlib.suppress(ProcessLookupError):
+        os.kill(pid, signal.SIGKILL)
+
+
+def _alive(pid: int) -> bool:
+    try:
+        done, _ = os.waitpid(pid, os.WNOHANG)
+        if done == pid:
+            return False
+    except ChildProcessError:
+        pass
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    try:  # a zombie that is not our child still answers kill 0
+        return Path(f"/proc/{pid}/stat").read_text().split()[2] != "Z"
+    except OSError:
+        return False
+
+
+def main_error(exc: SetupError) -> None:
+    print(f"error: {exc}", file=sys.stderr)
+    raise SystemExit(2)

@@ -1,0 +1,59 @@
+"""Fixtures of the integration tests: a real broker, real worker processes.
+
+The broker is started once per test session from Kafka's own jars (localkafka)
+on a free loopback port and stopped at the end, even when tests fail. Set
+CAMELEER_TEST_BOOTSTRAP to use a running broker instead.
+"""
+
+from __future__ import annotations
+
+import os
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+import localkafka
+
+from .harness import Topics, WorkerProcess, create_topic
+
+
+@pytest.fixture(scope="session")
+def bootstrap(tmp_path_factory) -> Iterator[str]:
+    external = os.environ.get("CAMELEER_TEST_BOOTSTRAP")
+    if external:
+        yield external
+        return
+    data = tmp_path_factory.mktemp("kafka")
+    broker = localkafka.start(data_dir=data, heap=os.environ.get("KAFKA_HEAP", "512m"))
+    try:
+        yield broker.bootstrap
+    finally:
+        broker.stop()
+
+
+@pytest.fixture(scope="module")
+def topics(bootstrap) -> Topics:
+    """Fresh topic names (and app id) per test module, so modules never see each other."""
+    run = uuid.uuid4().hex[:8]
+    names = Topics(
+        raw=f"raw-{run}",
+        output=f"out-{run}",
+        dlq=f"dlq-{run}",
+        agents=f"agents-{run}",
+        app_id=f"merger-{run}",
+    )
+    create_topic(bootstrap, names.raw, partitions=3)
+    return names
+
+
+@pytest.fixture(scope="module")
+def worker(bootstrap, topics, tmp_path_factory) -> Iterator[WorkerProcess]:
+    """One worker process for the module, started with its real command."""
+    proc = WorkerProcess(bootstrap, topics, Path(tmp_path_factory.mktemp("state")))
+    proc.start()
+    try:
+        yield proc
+    finally:
+        proc.stop()

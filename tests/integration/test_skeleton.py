@@ -1,0 +1,59 @@
+"""The walking skeleton: the real worker process merges on the real broker."""
+
+from __future__ import annotations
+
+import uuid
+
+from .harness import consume_until, describe_config, event, for_key, produce
+
+
+def test_running_then_completed_gives_one_merged_record(bootstrap, topics, worker):
+    eid = f"exec-{uuid.uuid4()}"
+    produce(
+        bootstrap,
+        topics.raw,
+        [
+            (
+                eid.encode(),
+                event(eid, "RUNNING", route_id="orders", start_time="2026-11-26T10:00:00Z"),
+            ),
+            (
+                eid.encode(),
+                event(eid, "COMPLETED", duration_ms=42, route_id=None, output_body="ok"),
+            ),
+        ],
+    )
+    records = consume_until(bootstrap, topics.output, lambda rs: len(for_key(rs, eid)) >= 1)
+    mine = for_key(records, eid)
+    assert len(mine) == 1, mine
+    assert mine[0].json == {
+        "execution_id": eid,
+        "status": "COMPLETED",
+        "route_id": "orders",  # null in the terminal event keeps the RUNNING value
+        "start_time": "2026-11-26T10:00:00Z",
+        "duration_ms": 42,
+        "output_body": "ok",
+    }
+    assert mine[0].origin == "merged"
+    # nothing more arrives for it: read again a little past the first record
+    again = consume_until(bootstrap, topics.output, lambda rs: False, timeout=3)
+    assert len(for_key(again, eid)) == 1
+
+
+def test_output_topic_is_compacted_with_the_raw_partition_count(bootstrap, topics, worker):
+    config = describe_config(bootstrap, topics.output)
+    assert config["cleanup.policy"] == "compact"
+    assert config["__partitions__"] == describe_config(bootstrap, topics.raw)["__partitions__"]
+
+
+def test_running_is_held_in_the_changelogged_table(bootstrap, topics, worker):
+    eid = f"exec-{uuid.uuid4()}"
+    produce(bootstrap, topics.raw, [(eid.encode(), event(eid, "RUNNING", route_id="r"))])
+    changelog = f"{topics.app_id}-held-changelog"
+    records = consume_until(
+        bootstrap, changelog, lambda rs: any(r.key == b"e" + eid.encode() for r in rs)
+    )
+    assert any(r.key == b"e" + eid.encode() for r in records)
+    # and nothing was emitted for a RUNNING alone
+    out = consume_until(bootstrap, topics.output, lambda rs: False, timeout=2)
+    assert for_key(out, eid) == []
