@@ -19,11 +19,11 @@ def main(argv: list[str] | None = None) -> None:
     from .worker import create_app
 
     try:
-        partitions = asyncio.run(ensure_topics(settings))
+        layout = asyncio.run(ensure_topics(settings))
     except RuntimeError as exc:
         sys.exit(f"cameleer-merger: {exc}")
     settings.state_dir.mkdir(parents=True, exist_ok=True)
-    app = create_app(settings, partitions)
+    app = create_app(settings, layout)
     # Faust's own CLI runs the worker (signals, logging, web server); our options are done.
     sys.argv = [
         "cameleer-merger",

@@ -38,7 +38,7 @@ class Source:
     offset: int
     timestamp_ms: int
     key: bytes | None
-    value: bytes
+    value: bytes | None  # None only for a raw tombstone, which goes to the DLQ as it is
     headers: tuple[tuple[str, bytes], ...] = ()
 
 

@@ -85,6 +85,8 @@ class Decision:
 
 def classify(source: Source) -> Event | Rejected:
     """Parse and validate a raw record's value: the only JSON parse on the hot path."""
+    if source.value is None:
+        return Rejected(INVALID_JSON, "value is null (a tombstone), not a JSON object", source)
     try:
         body = orjson.loads(source.value)
     except orjson.JSONDecodeError as exc:
@@ -97,14 +99,21 @@ def classify(source: Source) -> Event | Rejected:
     status = body.get("status")
     if status not in STATUSES:
         return Rejected(
-            INVALID_STATUS, f"status {status!r} is not RUNNING, COMPLETED or FAILED", source
+            INVALID_STATUS, f"status {_short(status)} is not RUNNING, COMPLETED or FAILED", source
         )
     version = body.get("protocol_version")
     if version is not None and (type(version) is not int or version not in (1, 2)):
         return Rejected(
-            UNSUPPORTED_PROTOCOL_VERSION, f"protocol_version {version!r} is not 1 or 2", source
+            UNSUPPORTED_PROTOCOL_VERSION,
+            f"protocol_version {_short(version)} is not 1 or 2",
+            source,
         )
     return Event(execution_id, status, version, body, source)
+
+
+def _short(value: Any, limit: int = 80) -> str:
+    text = repr(value)
+    return text if len(text) <= limit else text[: limit - 3] + "..."
 
 
 def protocol_of(event: Event, registered: dict[str, int]) -> int:

@@ -1,10 +1,9 @@
 """Glue between Kafka records and the pure merge rules: read state, decide, apply.
 
-`Processor.handle` runs inside the Faust agent for each raw record; `sweep` runs
-from a timer for each partition this worker owns. Both end in `_apply`, which
-writes state (RocksDB + changelog, same partition as the source record) and
-sends outputs and dead letters to that same partition number, so all writes
-caused by one raw partition stay on that partition of every topic.
+`Processor.handle` runs inside the Faust agent for each record of the raw topic
+(and of the internal re-key topic); `sweep` runs from a timer for each
+partition this worker owns. Every decision comes from `app.merge`; this module
+only moves bytes and counts.
 """
 
 from __future__ import annotations
@@ -13,103 +12,149 @@ import logging
 import time
 from collections import Counter
 
+from aiokafka.partitioner import murmur2
+
 from . import merge
-from .heldstate import INDEX_PREFIX, Source, index_upper_bound, parse_index_key, state_key
+from .heldstate import Source, parse_index_key, state_key
 from .merge import DeadLetter, Decision, Rejected, Rules
+from .statestore import StateStore
+from .transactions import processing_lock, source_partition
 
 log = logging.getLogger(__name__)
 
 ORIGIN = "cameleer-origin"
+# Headers of re-key records: where the record was first read (DLQ headers name that).
+REKEY_HEADERS = (
+    "cameleer-rekey-topic",
+    "cameleer-rekey-partition",
+    "cameleer-rekey-offset",
+    "cameleer-rekey-timestamp",
+    "cameleer-rekey-key",
+)
 
 
 def now_ms() -> int:
     return int(time.time() * 1000)
 
 
-class StateStore:
-    """The held-state table, addressed by partition (Faust's RocksDB store + changelog)."""
-
-    def __init__(self, table) -> None:
-        self.table = table
-
-    def _db(self, partition: int):
-        return self.table.data._db_for_partition(partition)
-
-    def get(self, partition: int, key: bytes) -> bytes | None:
-        return self._db(partition).get(key)
-
-    def apply(self, partition: int, writes: dict[bytes, bytes | None]) -> None:
-        db = self._db(partition)
-        for key, value in writes.items():
-            if value is None:
-                db.delete(key)
-            else:
-                db.put(key, value)
-            self.table.send_changelog(partition, key, value)
-
-    def due(self, partition: int, now: int, limit: int) -> list[bytes]:
-        """Index keys due at `now`, oldest first: reads only those, not the whole store."""
-        bound = index_upper_bound(now)
-        keys = []
-        for key in self._db(partition).keys(from_key=INDEX_PREFIX):
-            if key >= bound or len(keys) >= limit:
-                break
-            keys.append(key)
-        return keys
+def partition_for(key: bytes, partitions: int) -> int:
+    """The Java client's default partitioner: where an agent's correctly keyed record lands."""
+    return (murmur2(key) & 0x7FFFFFFF) % partitions
 
 
 class Processor:
-    def __init__(self, rules: Rules, store: StateStore, output, dlq, registry) -> None:
+    def __init__(
+        self,
+        rules: Rules,
+        store: StateStore,
+        *,
+        output,
+        dlq,
+        rekey,
+        registry,
+        partitions: int,
+    ) -> None:
         self.rules = rules
         self.store = store
         self.output = output
         self.dlq = dlq
+        self.rekey = rekey
+        self.rekey_topic = rekey.get_topic_name()
         self.registry = registry
+        self.partitions = partitions
         self.counts: Counter[str] = Counter()
+        self.last_offsets: dict = {}  # TopicPartition -> last offset handled
 
     async def handle(self, message) -> None:
-        source = Source(
-            message.topic,
-            message.partition,
-            message.offset,
-            message.timestamp_ms
-            if hasattr(message, "timestamp_ms")
-            else int(message.timestamp * 1000),
-            message.key,
-            message.value if message.value is not None else b"",
-            tuple(message.headers or ()),
-        )
+        """One record; holds the processing lock so a commit never splits its effects."""
+        async with processing_lock:
+            source_partition.set(message.partition)
+            await self._handle(message)
+            self.last_offsets[message.tp] = message.offset
+
+    async def _handle(self, message) -> None:
+        source = self._source(message)
         parsed = merge.classify(source)
         if isinstance(parsed, Rejected):
             await self._dead(DeadLetter(parsed.reason, parsed.detail, parsed.source))
             return
+        key = parsed.execution_id.encode()
         if merge.protocol_of(parsed, self.registry.versions) == 2:
-            decision = merge.passthrough(parsed, self.rules)
-        else:
-            stored = self.store.get(source.partition, state_key(parsed.execution_id))
-            decision = merge.decide(parsed, stored, self.rules, now_ms())
-        await self._apply(source.partition, decision)
+            await self._apply(message.partition, merge.passthrough(parsed, self.rules))
+            return
+        if message.key != key and message.topic != self.rekey_topic:
+            # Its partner may be on another partition: move it to where its
+            # execution_id hashes, through the internal re-key topic.
+            await self._forward(source, key)
+            return
+        stored = self.store.get(message.partition, state_key(parsed.execution_id))
+        decision = merge.decide(parsed, stored, self.rules, now_ms())
+        await self._apply(message.partition, decision)
+
+    def _source(self, message) -> Source:
+        headers = tuple(message.headers or ())
+        value = message.value
+        if message.topic != self.rekey_topic:
+            return Source(
+                message.topic,
+                message.partition,
+                message.offset,
+                round(message.timestamp * 1000),
+                message.key,
+                value,
+                headers,
+            )
+        meta = {k: v for k, v in headers if k in REKEY_HEADERS}
+        return Source(
+            meta["cameleer-rekey-topic"].decode(),
+            int(meta["cameleer-rekey-partition"]),
+            int(meta["cameleer-rekey-offset"]),
+            int(meta["cameleer-rekey-timestamp"]),
+            meta.get("cameleer-rekey-key"),
+            value,
+            tuple((k, v) for k, v in headers if k not in REKEY_HEADERS),
+        )
+
+    async def _forward(self, source: Source, key: bytes) -> None:
+        headers = [
+            *source.headers,
+            ("cameleer-rekey-topic", source.topic.encode()),
+            ("cameleer-rekey-partition", str(source.partition).encode()),
+            ("cameleer-rekey-offset", str(source.offset).encode()),
+            ("cameleer-rekey-timestamp", str(source.timestamp_ms).encode()),
+        ]
+        if source.key is not None:
+            headers.append(("cameleer-rekey-key", source.key))
+        await self.rekey.send(
+            key=key,
+            value=source.value,
+            partition=partition_for(key, self.partitions),
+            timestamp=source.timestamp_ms / 1000.0,
+            headers=headers,
+            force=True,
+        )
+        self.counts["rekeyed"] += 1
 
     async def sweep(self, partition: int, limit: int = 10_000) -> int:
         """Flush due stale RUNNINGs and expire due markers of one partition."""
-        now = now_ms()
-        keys = self.store.due(partition, now, limit)
-        for key in keys:
-            due, execution_id = parse_index_key(key)
-            stored = self.store.get(partition, state_key(execution_id))
-            await self._apply(
-                partition, merge.sweep_entry(execution_id, due, stored, self.rules, now)
-            )
-        return len(keys)
+        async with processing_lock:
+            source_partition.set(partition)
+            now = now_ms()
+            keys = self.store.due(partition, now, limit)
+            for key in keys:
+                due, execution_id = parse_index_key(key)
+                stored = self.store.get(partition, state_key(execution_id))
+                decision = merge.sweep_entry(execution_id, due, stored, self.rules, now)
+                await self._apply(partition, decision)
+            self.counts["sweep_entries"] += len(keys)
+            return len(keys)
 
     async def _apply(self, partition: int, decision: Decision) -> None:
         if decision.writes:
-            self.store.apply(partition, decision.writes)
+            await self.store.apply(partition, decision.writes)
         for out in decision.outputs:
             headers = [*out.headers, (ORIGIN, out.origin.encode())]
-            await self.output.send(
-                key=out.key, value=out.value, partition=partition, headers=headers
-            )
+            await self.output.send(key=out.key, value=out.value, headers=headers, force=True)
         for dead in decision.dead:
             await self._dead(dead)
         if decision.counter:
@@ -120,13 +165,13 @@ class Processor:
         headers = [
             *src.headers,
             ("cameleer-error", dead.reason.encode()),
-            ("cameleer-error-detail", dead.detail.encode()[:1000]),
+            ("cameleer-error-detail", dead.detail[:500].encode()),
             ("cameleer-source-topic", src.topic.encode()),
             ("cameleer-source-partition", str(src.partition).encode()),
             ("cameleer-source-offset", str(src.offset).encode()),
             ("cameleer-source-timestamp", str(src.timestamp_ms).encode()),
         ]
-        await self.dlq.send(key=src.key, value=src.value, partition=src.partition, headers=headers)
+        await self.dlq.send(key=src.key, value=src.value, headers=headers, force=True)
         self.counts[f"dlq_{dead.reason}"] += 1
         log.warning(
             "dead letter %s: %s (%s[%d]@%d)",

@@ -24,15 +24,16 @@ def parse_registration(value: bytes | None) -> tuple[str, int] | None:
     if not isinstance(body, dict):
         return None
     agent, version = body.get("agent_id"), body.get("protocol_version")
-    if isinstance(agent, str) and type(version) is int and version in (1, 2):
+    if isinstance(agent, str) and agent and type(version) is int and version in (1, 2):
         return agent, version
     return None
 
 
 class AgentRegistry:
-    def __init__(self, bootstrap_servers: str, topic: str) -> None:
+    def __init__(self, bootstrap_servers: str, topic: str, partitions: int) -> None:
         self.bootstrap_servers = bootstrap_servers
         self.topic = topic
+        self.partitions = partitions
         self.versions: dict[str, int] = {}
         self._consumer: AIOKafkaConsumer | None = None
         self._task: asyncio.Task | None = None
@@ -60,28 +61,26 @@ class AgentRegistry:
         )
         await consumer.start()
         self._consumer = consumer
-        loop = asyncio.get_running_loop()
-        deadline = loop.time() + catch_up_timeout
-        partitions: set[int] = set()
-        while not partitions and loop.time() < deadline:
-            await consumer.topics()  # refreshes metadata, so partitions_for_topic answers
-            partitions = consumer.partitions_for_topic(self.topic) or set()
-            if not partitions:
-                await asyncio.sleep(0.5)  # poll: the topic was created a moment ago
-        tps = [TopicPartition(self.topic, p) for p in sorted(partitions)]
-        if not tps:
-            log.warning("agents topic %s not found; every agent counts as protocol 1", self.topic)
-            return
+        tps = [TopicPartition(self.topic, p) for p in range(self.partitions)]
         consumer.assign(tps)
         await consumer.seek_to_beginning(*tps)
         ends = await consumer.end_offsets(tps)
-        while any(await consumer.position(tp) < end for tp, end in ends.items()):
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + catch_up_timeout
+        while await self._behind(consumer, ends):
             if loop.time() > deadline:
                 log.warning("agent registry not caught up after %.0fs; going on", catch_up_timeout)
                 break
             await self._poll(consumer)
         log.info("agent registry: %d agents registered", len(self.versions))
         self._task = asyncio.create_task(self._follow(consumer))
+
+    @staticmethod
+    async def _behind(consumer: AIOKafkaConsumer, ends: dict) -> bool:
+        for tp, end in ends.items():
+            if await consumer.position(tp) < end:
+                return True
+        return False
 
     async def _poll(self, consumer: AIOKafkaConsumer) -> None:
         batches = await consumer.getmany(timeout_ms=500)

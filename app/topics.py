@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
+from dataclasses import dataclass
 
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 from aiokafka.errors import KafkaError, TopicAlreadyExistsError
@@ -22,6 +23,12 @@ log = logging.getLogger(__name__)
 OUTPUT_CONFIG = {"cleanup.policy": "compact", "min.compaction.lag.ms": "0"}
 DLQ_CONFIG = {"cleanup.policy": "delete"}
 AGENTS_CONFIG = {"cleanup.policy": "compact"}
+# Re-key records are read within moments; a week covers any outage worth surviving.
+REKEY_CONFIG = {"cleanup.policy": "delete", "retention.ms": str(7 * 24 * 3600 * 1000)}
+
+
+def rekey_topic_name(settings: Settings) -> str:
+    return f"{settings.app_id}-rekey"
 
 
 async def _partitions(admin: AIOKafkaAdminClient, topic: str) -> int | None:
@@ -40,8 +47,14 @@ async def _create(admin, name: str, partitions: int, replication: int, config: d
         pass  # another worker won the race
 
 
-async def ensure_topics(settings: Settings, timeout: float = 60.0) -> int:
-    """Create what is missing; return the raw topic's partition count."""
+@dataclass(frozen=True)
+class Layout:
+    raw_partitions: int
+    agents_partitions: int
+
+
+async def ensure_topics(settings: Settings, timeout: float = 60.0) -> Layout:
+    """Create what is missing; return the partition counts the worker needs."""
     admin = AIOKafkaAdminClient(bootstrap_servers=settings.bootstrap_servers)
     deadline = time.monotonic() + timeout
     while True:
@@ -70,16 +83,19 @@ async def ensure_topics(settings: Settings, timeout: float = 60.0) -> int:
             (settings.output_topic, raw, OUTPUT_CONFIG),
             (settings.dlq_topic, raw, DLQ_CONFIG),
             (settings.agents_topic, 1, AGENTS_CONFIG),
+            (rekey_topic_name(settings), raw, REKEY_CONFIG),
         ]
+        counts = {}
         for name, partitions, config in wanted:
             existing = await _partitions(admin, name)
+            counts[name] = existing or partitions
             if existing is None:
                 await _create(admin, name, partitions, replication, config)
-            elif name == settings.output_topic and existing != raw:
+            elif name in (settings.output_topic, rekey_topic_name(settings)) and existing != raw:
                 raise RuntimeError(
                     f"output topic {name} has {existing} partitions but the raw topic has {raw}: "
                     "they must match (each output partition holds one raw partition's executions)"
                 )
-        return raw
+        return Layout(raw, counts[settings.agents_topic])
     finally:
         await admin.close()

@@ -12,8 +12,11 @@ from faust.web import Request, Response, View
 
 from .config import Settings
 from .merge import Rules
-from .processor import Processor, StateStore
+from .processor import Processor
 from .registry import AgentRegistry
+from .statestore import StateStore
+from .topics import Layout, rekey_topic_name
+from .transactions import MergerTransactionManager, MergerTransport
 
 log = logging.getLogger(__name__)
 
@@ -21,8 +24,16 @@ SWEEP_INTERVAL = 1.0  # seconds between stale/expiry sweeps of each owned partit
 RAW = "raw"
 
 
-def create_app(settings: Settings, partitions: int) -> faust.App:
-    app = faust.App(
+class MergerApp(faust.App):
+    """faust.App with our transaction manager (see app.transactions)."""
+
+    def _new_transport(self):
+        return MergerTransport(self.conf.broker_consumer, self)
+
+
+def create_app(settings: Settings, layout: Layout) -> faust.App:
+    partitions = layout.raw_partitions
+    app = MergerApp(
         settings.app_id,
         broker=f"kafka://{settings.bootstrap_servers}",
         store="rocksdb://",
@@ -40,11 +51,11 @@ def create_app(settings: Settings, partitions: int) -> faust.App:
         loghandlers=[],
     )
 
-    raw_topic = app.topic(
-        settings.raw_topic, key_serializer=RAW, value_serializer=RAW, partitions=partitions
-    )
-    output_topic = app.topic(settings.output_topic, key_serializer=RAW, value_serializer=RAW)
-    dlq_topic = app.topic(settings.dlq_topic, key_serializer=RAW, value_serializer=RAW)
+    def topic(*names: str, **kw):
+        return app.topic(*names, key_serializer=RAW, value_serializer=RAW, **kw)
+
+    rekey_name = rekey_topic_name(settings)
+    sources = topic(settings.raw_topic, rekey_name, partitions=partitions)
     held = app.Table(
         "held",
         partitions=partitions,
@@ -52,32 +63,61 @@ def create_app(settings: Settings, partitions: int) -> faust.App:
         value_type=bytes,
         options={"driver": "rocksdict"},
     )
-    registry = AgentRegistry(settings.bootstrap_servers, settings.agents_topic)
+    store = StateStore(held, transactional=settings.exactly_once)
+    MergerTransactionManager.store = store
+    MergerTransactionManager.source_topic = settings.raw_topic
+    registry = AgentRegistry(
+        settings.bootstrap_servers, settings.agents_topic, layout.agents_partitions
+    )
     rules = Rules(
         stale_after_ms=int(settings.stale_after * 1000),
         dedupe_window_ms=int(settings.dedupe_window * 1000),
         max_record_bytes=settings.max_record_bytes,
     )
-    processor = Processor(rules, StateStore(held), output_topic, dlq_topic, registry)
+    processor = Processor(
+        rules,
+        store,
+        output=topic(settings.output_topic),
+        dlq=topic(settings.dlq_topic),
+        rekey=topic(rekey_name),
+        registry=registry,
+        partitions=partitions,
+    )
     app.processor = processor  # for views and tests
 
     @app.task(on_leader=False)
     async def _start_registry() -> None:
         await registry.start()
 
-    @app.agent(raw_topic, name="merge-raw")
-    async def merge_raw(stream):
+    @app.agent(sources, name="merge")
+    async def merge_records(stream):
         await registry.ready.wait()  # a v2 agent's records must not be read as v1
         async for event in stream.events():
             await processor.handle(event.message)
+
+    def caught_up(tp) -> bool:
+        # at_least_once: a partition that changed hands may hold state older than
+        # records already emitted; sweeping it before re-reading those records
+        # could emit a RUNNING after its terminal. Exactly-once state is exact.
+        if settings.exactly_once:
+            return True
+        high = app.consumer.highwater(tp)
+        return high is not None and processor.last_offsets.get(tp, -1) + 1 >= high
 
     @app.timer(interval=SWEEP_INTERVAL)
     async def sweep() -> None:
         if app.rebalancing or not app.tables.recovery.completed.is_set():
             return
-        for tp in app.assignor.assigned_actives():
-            if tp.topic == settings.raw_topic:
+        actives = app.assignor.assigned_actives()
+        for tp in actives:
+            if tp.topic != settings.raw_topic:
+                continue
+            rekey_tp = tp._replace(topic=rekey_name)
+            if caught_up(tp) and caught_up(rekey_tp):
                 await processor.sweep(tp.partition)
+        if settings.exactly_once:
+            await app.consumer.transactions.commit_dirty()
+        processor.counts["sweep_rounds"] += 1
 
     @app.page("/stats")
     class Stats(View):

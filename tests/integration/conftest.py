@@ -49,9 +49,16 @@ def topics(bootstrap) -> Topics:
 
 
 @pytest.fixture(scope="module")
-def worker(bootstrap, topics, tmp_path_factory) -> Iterator[WorkerProcess]:
+def worker_env() -> dict[str, str]:
+    """Extra environment of the module's worker; a test module overrides it."""
+    return {}
+
+
+@pytest.fixture(scope="module")
+def worker(bootstrap, topics, worker_env, tmp_path_factory) -> Iterator[WorkerProcess]:
     """One worker process for the module, started with its real command."""
-    proc = WorkerProcess(bootstrap, topics, Path(tmp_path_factory.mktemp("state")))
+    state = Path(tmp_path_factory.mktemp("state"))
+    proc = WorkerProcess(bootstrap, topics, state, extra_env=worker_env)
     proc.start()
     try:
         yield proc

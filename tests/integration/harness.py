@@ -9,6 +9,7 @@ import subprocess
 import sys
 import time
 import urllib.request
+import uuid
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -87,6 +88,7 @@ def produce(
     topic: str,
     records: Iterable[tuple[bytes | None, bytes | None] | tuple[bytes | None, bytes | None, list]],
     partition: int | None = None,
+    timestamp_ms: int | None = None,
 ) -> list[tuple[int, int]]:
     """Produce in order, each one acknowledged before the next; returns (partition, offset)."""
 
@@ -101,7 +103,12 @@ def produce(
                 key, value, *rest = rec
                 headers = rest[0] if rest else None
                 meta = await producer.send_and_wait(
-                    topic, value, key=key, partition=partition, headers=headers
+                    topic,
+                    value,
+                    key=key,
+                    partition=partition,
+                    headers=headers,
+                    timestamp_ms=timestamp_ms,
                 )
                 placed.append((meta.partition, meta.offset))
             return placed
@@ -236,3 +243,28 @@ class WorkerProcess:
         if self.process and self.process.poll() is None:
             self.process.kill()
             self.process.wait()
+
+
+def barrier(bootstrap: str, topics: Topics, partition: int, timeout: float = 60.0) -> None:
+    """Wait until the worker has handled everything produced so far to a raw partition.
+
+    A terminal-only sentinel goes to the same partition after the records under
+    test; records of one partition are handled in order and their transactions
+    commit in order, so once the sentinel's output is readable (read_committed),
+    every output of the earlier records is too.
+    """
+    sentinel = f"barrier-{uuid.uuid4()}"
+    produce(
+        bootstrap,
+        topics.raw,
+        [(sentinel.encode(), event(sentinel, "COMPLETED", sentinel=True))],
+        partition=partition,
+    )
+    got = consume_until(bootstrap, topics.output, lambda rs: bool(for_key(rs, sentinel)), timeout)
+    assert for_key(got, sentinel), f"barrier on partition {partition} timed out"
+
+
+def partition_of(execution_id: str, partitions: int = 3) -> int:
+    from app.processor import partition_for
+
+    return partition_for(execution_id.encode(), partitions)

@@ -1,0 +1,109 @@
+"""Held state per partition: Faust's RocksDB store plus its changelog topic.
+
+Exactly-once needs the local store to hold only what Kafka committed. Writes
+made while a partition's transaction is open go to an in-memory overlay (reads
+see it first) and are sent to the changelog inside that transaction; only when
+the transaction has committed are they written to RocksDB, in one write batch
+with the changelog offset they reach. A worker killed at any moment therefore
+restarts from a RocksDB that matches a committed changelog offset, and Faust's
+recovery replays the committed changelog from there (read_committed): nothing
+from an aborted transaction survives. The pattern is Kafka Streams' and Quix
+Streams' (state written behind the commit).
+
+With at_least_once there is no transaction: writes go straight to RocksDB and
+to the changelog through Faust's usual path.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import heapq
+from collections.abc import Iterable
+
+from rocksdict import WriteBatch
+
+from .heldstate import INDEX_PREFIX, index_upper_bound
+
+_MISSING = object()
+
+
+class StateStore:
+    def __init__(self, table, transactional: bool) -> None:
+        self.table = table
+        self.transactional = transactional
+        self._overlay: dict[int, dict[bytes, bytes | None]] = {}
+        self._last_sent: dict[int, asyncio.Future] = {}
+
+    def _db(self, partition: int):
+        return self.table.data._db_for_partition(partition)
+
+    def get(self, partition: int, key: bytes) -> bytes | None:
+        overlay = self._overlay.get(partition)
+        if overlay is not None:
+            value = overlay.get(key, _MISSING)
+            if value is not _MISSING:
+                return value
+        return self._db(partition).get(key)
+
+    async def apply(self, partition: int, writes: dict[bytes, bytes | None]) -> None:
+        if not self.transactional:
+            db = self._db(partition)
+            for key, value in writes.items():
+                if value is None:
+                    db.delete(key)
+                else:
+                    db.put(key, value)
+                self.table.send_changelog(partition, key, value)
+            return
+        self._overlay.setdefault(partition, {}).update(writes)
+        changelog = self.table.changelog_topic
+        for key, value in writes.items():
+            # awaited: the record is in the producer's open transaction when this returns
+            fut = await changelog.send(key=key, value=value, partition=partition, force=True)
+            self._last_sent[partition] = fut
+
+    def due(self, partition: int, now_ms: int, limit: int) -> list[bytes]:
+        """Index keys due at now_ms, oldest first; reads only those, never the whole store."""
+        bound = index_upper_bound(now_ms)
+        overlay = self._overlay.get(partition, {})
+        from_db = []
+        for key in self._db(partition).keys(from_key=INDEX_PREFIX):
+            if key >= bound or len(from_db) >= limit:
+                break
+            from_db.append(key)
+        if not overlay:
+            return from_db
+        pending = sorted(k for k in overlay if k[:1] == INDEX_PREFIX and k < bound)
+        merged = []
+        for key in heapq.merge(from_db, pending):
+            if (not merged or merged[-1] != key) and overlay.get(key, b"") is not None:
+                merged.append(key)
+        return merged[:limit]
+
+    def dirty_partitions(self) -> set[int]:
+        return {p for p, overlay in self._overlay.items() if overlay}
+
+    def committed(self, partitions: Iterable[int]) -> None:
+        """The transactions of these partitions committed: make their writes durable locally."""
+        store = self.table.data
+        for partition in partitions:
+            overlay = self._overlay.pop(partition, None)
+            fut = self._last_sent.pop(partition, None)
+            if not overlay:
+                continue
+            batch = WriteBatch(raw_mode=True)
+            for key, value in overlay.items():
+                if value is None:
+                    batch.delete(key)
+                else:
+                    batch.put(key, value)
+            if fut is not None and fut.done() and not fut.exception():
+                # the changelog offset this state reaches, for Faust's recovery to start after
+                batch.put(store.offset_key, str(fut.result().offset).encode())
+            self._db(partition).write(batch)
+
+    def discard(self, partitions: Iterable[int]) -> None:
+        """Their transactions were (or will be) aborted: forget what they wrote."""
+        for partition in partitions:
+            self._overlay.pop(partition, None)
+            self._last_sent.pop(partition, None)

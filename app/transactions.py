@@ -1,0 +1,108 @@
+"""Exactly-once glue: one Kafka transaction per source partition, committed atomically.
+
+Faust's exactly_once mode already keeps one transactional producer per assigned
+partition (KIP-98 style fencing by transactional.id). What it does not do, and
+what this module adds:
+
+1. Everything produced while handling a record of source partition p (output,
+   DLQ, changelog, re-key records) goes through p's producer, whatever partition
+   it is written to. Faust picks the producer by the destination partition,
+   which splits one record's effects across transactions as soon as a record is
+   re-keyed. `source_partition` (a context variable set by the processor) says
+   which producer to use.
+2. A commit never cuts a record in half: the processor holds `processing_lock`
+   while it handles a record, and the commit takes the same lock, so a
+   transaction holds every write of the records whose offsets it commits and
+   none of a record it does not.
+3. Partitions with writes but no new offsets (the stale sweep) are committed too.
+4. The local state follows the commit: `StateStore.committed()` after a commit,
+   `StateStore.discard()` when a partition is revoked (its open transaction will
+   be aborted by the fencing of the next owner).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextvars
+import logging
+from collections import defaultdict
+from collections.abc import Mapping
+
+from aiokafka.errors import ProducerFenced
+from faust.transport.consumer import TransactionManager
+from faust.transport.drivers.aiokafka import Transport
+from faust.types import TP
+
+log = logging.getLogger(__name__)
+
+source_partition: contextvars.ContextVar[int | None] = contextvars.ContextVar(
+    "source_partition", default=None
+)
+processing_lock = asyncio.Lock()
+
+
+class MergerTransactionManager(TransactionManager):
+    store = None  # the StateStore, set by the worker
+    source_topic: str = ""  # the raw topic: its topic group names the transactional ids
+
+    def _tid(self, partition: int) -> str:
+        group = self.app.assignor.group_for_topic(self.source_topic)
+        return f"{self.app.conf.id}-{group}-{partition}"
+
+    async def send(
+        self, topic, key, value, partition, timestamp, headers, *, transactional_id=None
+    ):
+        source = source_partition.get()
+        p = source if source is not None else self.consumer.key_partition(topic, key, partition)
+        return await self.producer.send(
+            topic, key, value, partition, timestamp, headers, transactional_id=self._tid(p)
+        )
+
+    async def commit(self, offsets: Mapping[TP, int], start_new_transaction: bool = True) -> bool:
+        async with processing_lock:
+            return await self._commit_locked(offsets, start_new_transaction)
+
+    async def _commit_locked(self, offsets: Mapping[TP, int], start_new_transaction: bool) -> bool:
+        by_partition: dict[int, dict[TP, int]] = defaultdict(dict)
+        for tp, offset in offsets.items():
+            by_partition[tp.partition][tp] = offset
+        if self.store is not None:
+            for partition in self.store.dirty_partitions():
+                by_partition.setdefault(partition, {})
+        group_id = self.app.conf.id
+        committed = []
+        for partition, tp_offsets in sorted(by_partition.items()):
+            tid = self._tid(partition)
+            producer = self.producer._transaction_producers.get(tid)
+            if producer is None:
+                log.warning("no open transaction for partition %d (revoked?)", partition)
+                continue
+            try:
+                async with self.producer._trn_locks[tid]:
+                    if tp_offsets:
+                        await producer.send_offsets_to_transaction(tp_offsets, group_id)
+                    await producer.commit_transaction()
+                    committed.append(partition)
+                    if start_new_transaction:
+                        await producer.begin_transaction()
+            except ProducerFenced as exc:
+                log.error("producer for partition %d fenced: another worker owns it", partition)
+                await self.app.crash(exc)
+                return False
+        if self.store is not None:
+            self.store.committed(committed)
+        return bool(committed)
+
+    async def on_partitions_revoked(self, revoked) -> None:
+        await super().on_partitions_revoked(revoked)
+        if self.store is not None:
+            self.store.discard({tp.partition for tp in revoked})
+
+    async def commit_dirty(self) -> None:
+        """Commit partitions that only the sweep wrote to."""
+        if self.store is not None and self.store.dirty_partitions():
+            await self.commit({})
+
+
+class MergerTransport(Transport):
+    TransactionManager = MergerTransactionManager
