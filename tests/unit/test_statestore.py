@@ -1,0 +1,127 @@
+"""The state store on a real RocksDB (rocksdict), without Kafka: overlay and time index."""
+
+from __future__ import annotations
+
+import asyncio
+from types import SimpleNamespace
+
+import pytest
+from rocksdict import Options, Rdict
+
+from app import merge
+from app.heldstate import Held, Source, encode_state, index_key, parse_index_key, state_key
+from app.statestore import StateStore
+
+OFFSET_KEY = b"__faust\x00offset__"
+
+
+class CountingDB:
+    """A real Rdict that counts the keys a caller reads from it."""
+
+    def __init__(self, db: Rdict) -> None:
+        self.db = db
+        self.touched = 0
+
+    def get(self, key):
+        self.touched += 1
+        return self.db.get(key)
+
+    def keys(self, from_key=None):
+        for key in self.db.keys(from_key=from_key):
+            self.touched += 1
+            yield key
+
+    def __getattr__(self, name):
+        return getattr(self.db, name)
+
+
+class Changelog:
+    def __init__(self) -> None:
+        self.sent: list[tuple[bytes, bytes | None, int]] = []
+
+    async def send(self, key, value, partition, force):
+        self.sent.append((key, value, partition))
+        fut = asyncio.get_running_loop().create_future()
+        fut.set_result(SimpleNamespace(offset=len(self.sent) - 1))
+        return fut
+
+
+@pytest.fixture
+def db(tmp_path):
+    rdict = Rdict(str(tmp_path / "p0"), options=Options(raw_mode=True))
+    yield CountingDB(rdict)
+    rdict.close()
+
+
+def store_over(db: CountingDB, transactional: bool = True) -> tuple[StateStore, Changelog]:
+    changelog = Changelog()
+    table = SimpleNamespace(
+        data=SimpleNamespace(_db_for_partition=lambda p: db, offset_key=OFFSET_KEY),
+        changelog_topic=changelog,
+    )
+    return StateStore(table, transactional=transactional), changelog
+
+
+def held(ts: int, due: int) -> bytes:
+    return encode_state(Held(ts, due, False, (Source("raw", 0, 0, ts, None, b"{}"),)))
+
+
+def test_a_sweep_reads_only_the_due_entries_of_100k_held_executions(db):
+    rules = merge.Rules(stale_after_ms=1_000)
+    now = 10_000_000
+    for i in range(100_000):
+        due = now - 5 if i % 10_000 == 0 else now + 1_000_000 + i  # 10 due, the rest not
+        db.db[state_key(f"e{i}")] = held(due - 1_000, due)
+        db.db[index_key(due, f"e{i}")] = b""
+    store, _ = store_over(db)
+    db.touched = 0
+    due_keys = store.due(0, now, limit=10_000)
+    for key in due_keys:
+        due, eid = parse_index_key(key)
+        decision = merge.sweep_entry(eid, due, store.get(0, state_key(eid)), rules, now)
+        assert decision.counter == "stale_flushed"
+    assert len(due_keys) == 10
+    # 10 index keys + the first one not due + 10 state reads: about 10, not 100,000
+    assert db.touched <= 25, db.touched
+
+
+def test_writes_stay_in_the_overlay_until_the_transaction_commits(db):
+    store, changelog = store_over(db)
+
+    async def write():
+        await store.apply(0, {b"ea": b"1", index_key(5, "a"): b""})
+
+    asyncio.run(write())
+    assert store.get(0, b"ea") == b"1"  # reads see the open transaction
+    assert db.db.get(b"ea") is None  # RocksDB does not, yet
+    assert [k for k, _, _ in changelog.sent] == [b"ea", index_key(5, "a")]
+    assert store.due(0, 10, 100) == [index_key(5, "a")]
+    store.committed([0])
+    assert db.db.get(b"ea") == b"1"
+    assert db.db.get(OFFSET_KEY) == b"1"  # the changelog offset the state reaches
+    assert store.dirty_partitions() == set()
+
+
+def test_an_aborted_transaction_leaves_rocksdb_as_it_was(db):
+    db.db[b"ea"] = b"committed"
+    store, _ = store_over(db)
+    asyncio.run(store.apply(0, {b"ea": None, b"eb": b"new"}))
+    assert store.get(0, b"ea") is None and store.get(0, b"eb") == b"new"
+    store.discard([0])
+    assert store.get(0, b"ea") == b"committed" and store.get(0, b"eb") is None
+
+
+def test_a_deleted_index_entry_in_the_overlay_hides_the_stored_one(db):
+    db.db[index_key(5, "a")] = b""
+    db.db[index_key(6, "b")] = b""
+    store, _ = store_over(db)
+    asyncio.run(store.apply(0, {index_key(5, "a"): None, index_key(4, "c"): b""}))
+    assert store.due(0, 10, 100) == [index_key(4, "c"), index_key(6, "b")]
+
+
+def test_at_least_once_writes_go_straight_to_rocksdb(db):
+    sent = []
+    store, _ = store_over(db, transactional=False)
+    store.table.send_changelog = lambda p, k, v: sent.append((p, k, v))
+    asyncio.run(store.apply(0, {b"ea": b"1"}))
+    assert db.db.get(b"ea") == b"1" and sent == [(0, b"ea", b"1")]
