@@ -27,8 +27,15 @@ RAW = "raw"
 class MergerApp(faust.App):
     """faust.App with our transaction manager (see app.transactions)."""
 
+    registry: AgentRegistry | None = None
+
     def _new_transport(self):
         return MergerTransport(self.conf.broker_consumer, self)
+
+    async def on_stop(self) -> None:
+        await super().on_stop()  # stops the consumer (committing what was handled) first
+        if self.registry is not None:
+            await self.registry.stop()
 
 
 def create_app(settings: Settings, layout: Layout) -> faust.App:
@@ -84,6 +91,7 @@ def create_app(settings: Settings, layout: Layout) -> faust.App:
         partitions=partitions,
     )
     app.processor = processor  # for views and tests
+    app.registry = registry
 
     @app.task(on_leader=False)
     async def _start_registry() -> None:

@@ -184,7 +184,7 @@ def start(
         f"{libs}/*",
     ]
     if not (data_dir / "kraft" / "meta.properties").exists():
-        cluster_id = base64.urlsafe_b64encode(uuid.uuid4().bytes).decode().rstrip("=")
+        cluster_id = _cluster_id()
         fmt = subprocess.run(
             [
                 *jvm[:1],
@@ -224,6 +224,15 @@ def start(
         time.sleep(0.2)  # poll interval while the JVM boots
     broker.stop()
     raise SetupError(f"the Kafka broker did not start within {timeout:.0f}s; see {broker.log_file}")
+
+
+def _cluster_id() -> str:
+    # Like Kafka's Uuid.randomUuid: never starting with '-', which the tool would
+    # read as an option.
+    while True:
+        cid = base64.urlsafe_b64encode(uuid.uuid4().bytes).decode().rstrip("=")
+        if not cid.startswith("-"):
+            return cid
 
 
 def _controller_port(data_dir: Path) -> int:
