@@ -8,6 +8,7 @@ only moves bytes and counts.
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import time
 from collections import Counter
@@ -66,7 +67,14 @@ class Processor:
         self.last_offsets: dict = {}  # TopicPartition -> last offset handled
 
     async def handle(self, message) -> None:
-        """One record; holds the processing lock so a commit never splits its effects."""
+        """One record, all or nothing: a commit never sees half of its effects.
+
+        Shielded, so a stopping agent cannot cut it in half either; the commit
+        (which takes the same lock) then includes it, with its offset.
+        """
+        await asyncio.shield(self._handle_locked(message))
+
+    async def _handle_locked(self, message) -> None:
         async with processing_lock:
             source_partition.set(message.partition)
             await self._handle(message)

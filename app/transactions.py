@@ -43,7 +43,12 @@ processing_lock = asyncio.Lock()
 
 class MergerTransactionManager(TransactionManager):
     store = None  # the StateStore, set by the worker
+    handled: dict = {}  # TopicPartition -> last offset fully handled, kept by the processor
     source_topic: str = ""  # the raw topic: its topic group names the transactional ids
+
+    def __init__(self, *args, **kwargs) -> None:
+        super().__init__(*args, **kwargs)
+        self._committed: dict = {}  # TopicPartition -> offset committed by us
 
     def _tid(self, partition: int) -> str:
         group = self.app.assignor.group_for_topic(self.source_topic)
@@ -59,19 +64,25 @@ class MergerTransactionManager(TransactionManager):
         )
 
     async def commit(self, offsets: Mapping[TP, int], start_new_transaction: bool = True) -> bool:
+        # Faust's `offsets` (acked events) only trigger us: we commit the offsets of
+        # the records we fully handled, which is exactly what the transaction holds.
         async with processing_lock:
-            return await self._commit_locked(offsets, start_new_transaction)
+            return await self._commit_locked(start_new_transaction)
 
-    async def _commit_locked(self, offsets: Mapping[TP, int], start_new_transaction: bool) -> bool:
+    def _pending(self) -> dict[int, dict[TP, int]]:
         by_partition: dict[int, dict[TP, int]] = defaultdict(dict)
-        for tp, offset in offsets.items():
-            by_partition[tp.partition][tp] = offset
+        for tp, offset in self.handled.items():
+            if offset + 1 > self._committed.get(tp, -1):
+                by_partition[tp.partition][tp] = offset + 1
         if self.store is not None:
             for partition in self.store.dirty_partitions():
                 by_partition.setdefault(partition, {})
+        return by_partition
+
+    async def _commit_locked(self, start_new_transaction: bool) -> bool:
         group_id = self.app.conf.id
         committed = []
-        for partition, tp_offsets in sorted(by_partition.items()):
+        for partition, tp_offsets in sorted(self._pending().items()):
             tid = self._tid(partition)
             producer = self.producer._transaction_producers.get(tid)
             if producer is None:
@@ -83,6 +94,7 @@ class MergerTransactionManager(TransactionManager):
                         await producer.send_offsets_to_transaction(tp_offsets, group_id)
                     await producer.commit_transaction()
                     committed.append(partition)
+                    self._committed.update(tp_offsets)
                     if start_new_transaction:
                         await producer.begin_transaction()
             except ProducerFenced as exc:
@@ -91,12 +103,17 @@ class MergerTransactionManager(TransactionManager):
                 return False
         if self.store is not None:
             self.store.committed(committed)
+        log.debug("committed partitions %s", committed)
         return bool(committed)
 
     async def on_partitions_revoked(self, revoked) -> None:
         await super().on_partitions_revoked(revoked)
-        if self.store is not None:
-            self.store.discard({tp.partition for tp in revoked})
+        async with processing_lock:
+            for tp in revoked:
+                self.handled.pop(tp, None)
+                self._committed.pop(tp, None)
+            if self.store is not None:
+                self.store.discard({tp.partition for tp in revoked})
 
     async def commit_dirty(self) -> None:
         """Commit partitions that only the sweep wrote to."""

@@ -90,6 +90,7 @@ def create_app(settings: Settings, layout: Layout) -> faust.App:
         registry=registry,
         partitions=partitions,
     )
+    MergerTransactionManager.handled = processor.last_offsets
     app.processor = processor  # for views and tests
     app.registry = registry
 
