@@ -15,8 +15,9 @@ from pathlib import Path
 import pytest
 
 import localkafka
+from chaos.processes import Topics, WorkerProcess
 
-from .harness import Topics, WorkerProcess, create_topic
+from .harness import create_topic
 
 
 @pytest.fixture(scope="session")

@@ -3,34 +3,16 @@
 from __future__ import annotations
 
 import asyncio
-import os
-import signal
-import subprocess
-import sys
 import time
-import urllib.request
 import uuid
 from collections.abc import Callable, Iterable
-from dataclasses import dataclass, field
-from pathlib import Path
+from dataclasses import dataclass
 
 import orjson
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 
-import localkafka
-
-# The real command, as installed by `pip install -e .`: what `make run` starts.
-WORKER = [str(Path(sys.executable).parent / "cameleer-merger")]
-
-
-@dataclass
-class Topics:
-    raw: str
-    output: str
-    dlq: str
-    agents: str
-    app_id: str
+from chaos.processes import Topics
 
 
 @dataclass
@@ -170,79 +152,6 @@ def consume_until(
 
 def for_key(records: list[Record], key: str) -> list[Record]:
     return [r for r in records if r.key == key.encode()]
-
-
-@dataclass
-class WorkerProcess:
-    """The `cameleer-merger` command as a child process."""
-
-    bootstrap: str
-    topics: Topics
-    state_dir: Path
-    extra_env: dict[str, str] = field(default_factory=dict)
-    process: subprocess.Popen | None = None
-    web_port: int = 0
-
-    def start(self, ready_timeout: float = 90.0) -> None:
-        self.web_port = localkafka.free_port()
-        env = {
-            **os.environ,
-            "KAFKA_BOOTSTRAP_SERVERS": self.bootstrap,
-            "CAMELEER_RAW_TOPIC": self.topics.raw,
-            "CAMELEER_OUTPUT_TOPIC": self.topics.output,
-            "CAMELEER_DLQ_TOPIC": self.topics.dlq,
-            "CAMELEER_AGENTS_TOPIC": self.topics.agents,
-            "CAMELEER_APP_ID": self.topics.app_id,
-            "CAMELEER_STATE_DIR": str(self.state_dir),
-            "CAMELEER_WEB_PORT": str(self.web_port),
-            **self.extra_env,
-        }
-        self.log_path = self.state_dir / f"worker-{self.web_port}.log"
-        log = open(self.log_path, "wb")  # noqa: SIM115 - the child writes to it
-        self.process = subprocess.Popen(
-            WORKER, env=env, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL
-        )
-        log.close()
-        deadline = time.monotonic() + ready_timeout
-        while time.monotonic() < deadline:
-            if self.process.poll() is not None:
-                raise AssertionError(f"worker exited early:\n{self.log_tail()}")
-            if self.stats() is not None and b"Worker]: Ready" in self.log_path.read_bytes():
-                return
-            time.sleep(0.2)  # poll for readiness
-        raise AssertionError(f"worker not ready in {ready_timeout}s:\n{self.log_tail()}")
-
-    def stats(self) -> dict | None:
-        try:
-            with urllib.request.urlopen(f"http://127.0.0.1:{self.web_port}/stats", timeout=2) as r:
-                return orjson.loads(r.read())
-        except OSError:
-            return None
-
-    def counts(self) -> dict[str, int]:
-        stats = self.stats()
-        return stats["counts"] if stats else {}
-
-    def log_tail(self, lines: int = 60) -> str:
-        try:
-            return "\n".join(self.log_path.read_text(errors="replace").splitlines()[-lines:])
-        except OSError:
-            return "(no log)"
-
-    def stop(self, timeout: float = 30.0) -> int | None:
-        if self.process is None or self.process.poll() is not None:
-            return self.process.returncode if self.process else None
-        self.process.send_signal(signal.SIGTERM)
-        try:
-            return self.process.wait(timeout)
-        except subprocess.TimeoutExpired:
-            self.process.kill()
-            return self.process.wait()
-
-    def kill(self) -> None:
-        if self.process and self.process.poll() is None:
-            self.process.kill()
-            self.process.wait()
 
 
 def barrier(bootstrap: str, topics: Topics, partition: int, timeout: float = 60.0) -> None:

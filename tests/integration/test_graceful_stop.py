@@ -10,7 +10,9 @@ from collections import defaultdict
 
 from aiokafka import AIOKafkaProducer
 
-from .harness import WorkerProcess, barrier, consume_until, event
+from chaos.processes import WorkerProcess
+
+from .harness import barrier, consume_until, event
 
 EXECUTIONS = 600
 

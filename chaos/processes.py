@@ -1,0 +1,139 @@
+"""Worker processes as an operator runs them: the real `cameleer-merger` command."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+import urllib.request
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import orjson
+
+import localkafka
+
+# The real command, as installed by `pip install -e .`: what `make run` starts.
+WORKER_COMMAND = [str(Path(sys.executable).parent / "cameleer-merger")]
+
+
+@dataclass
+class Topics:
+    raw: str
+    output: str
+    dlq: str
+    agents: str
+    app_id: str
+
+    @classmethod
+    def fresh(cls, run: str) -> Topics:
+        return cls(f"raw-{run}", f"out-{run}", f"dlq-{run}", f"agents-{run}", f"merger-{run}")
+
+    def env(self) -> dict[str, str]:
+        return {
+            "CAMELEER_RAW_TOPIC": self.raw,
+            "CAMELEER_OUTPUT_TOPIC": self.output,
+            "CAMELEER_DLQ_TOPIC": self.dlq,
+            "CAMELEER_AGENTS_TOPIC": self.agents,
+            "CAMELEER_APP_ID": self.app_id,
+        }
+
+
+@dataclass
+class WorkerProcess:
+    """One worker: its own state folder and web port, started, stopped, killed, wiped."""
+
+    bootstrap: str
+    topics: Topics
+    state_dir: Path
+    extra_env: dict[str, str] = field(default_factory=dict)
+    process: subprocess.Popen | None = None
+    web_port: int = 0
+    starts: int = 0
+
+    def start(self, ready_timeout: float = 120.0, wait: bool = True) -> None:
+        self.web_port = localkafka.free_port()
+        self.state_dir.mkdir(parents=True, exist_ok=True)
+        env = {
+            **os.environ,
+            "KAFKA_BOOTSTRAP_SERVERS": self.bootstrap,
+            **self.topics.env(),
+            "CAMELEER_STATE_DIR": str(self.state_dir / "rocksdb"),
+            "CAMELEER_WEB_PORT": str(self.web_port),
+            **self.extra_env,
+        }
+        self.starts += 1
+        self.log_path = self.state_dir / f"worker-{self.starts}.log"
+        with open(self.log_path, "wb") as log:
+            self.process = subprocess.Popen(
+                WORKER_COMMAND,
+                env=env,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                stdin=subprocess.DEVNULL,
+            )
+        if wait:
+            self.wait_ready(ready_timeout)
+
+    def wait_ready(self, timeout: float = 120.0) -> None:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if not self.alive:
+                raise RuntimeError(f"worker exited early:\n{self.log_tail()}")
+            if self.ready:
+                return
+            time.sleep(0.2)  # poll for readiness
+        raise RuntimeError(f"worker not ready in {timeout:.0f}s:\n{self.log_tail()}")
+
+    @property
+    def alive(self) -> bool:
+        return self.process is not None and self.process.poll() is None
+
+    @property
+    def ready(self) -> bool:
+        try:
+            return b"Worker]: Ready" in self.log_path.read_bytes() and self.stats() is not None
+        except OSError:
+            return False
+
+    def stats(self) -> dict | None:
+        try:
+            with urllib.request.urlopen(f"http://127.0.0.1:{self.web_port}/stats", timeout=2) as r:
+                return orjson.loads(r.read())
+        except OSError:
+            return None
+
+    def counts(self) -> dict[str, int]:
+        stats = self.stats()
+        return stats["counts"] if stats else {}
+
+    def log_tail(self, lines: int = 60) -> str:
+        try:
+            return "\n".join(self.log_path.read_text(errors="replace").splitlines()[-lines:])
+        except OSError:
+            return "(no log)"
+
+    def stop(self, timeout: float = 30.0) -> int | None:
+        """SIGTERM, as an orchestrator stops a worker; SIGKILL after `timeout`."""
+        if not self.alive:
+            return self.process.returncode if self.process else None
+        self.process.send_signal(signal.SIGTERM)
+        try:
+            return self.process.wait(timeout)
+        except subprocess.TimeoutExpired:
+            self.process.kill()
+            return self.process.wait()
+
+    def kill(self) -> None:
+        """SIGKILL: no chance to commit, flush or close anything."""
+        if self.alive:
+            self.process.kill()
+            self.process.wait()
+
+    def wipe(self) -> None:
+        """Delete the local RocksDB state (the worker must be down)."""
+        assert not self.alive
+        shutil.rmtree(self.state_dir / "rocksdb", ignore_errors=True)

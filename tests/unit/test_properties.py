@@ -1,0 +1,699 @@
+"""Property-based tests of the pure core (app.merge + app.heldstate) against the contract.
+
+A tiny driver plays the worker's shell: `classify` + `decide` per raw record with a
+dict as the state store, and a sweep over the due index keys at arbitrary moments.
+What it emits per execution is compared with `simulator.reference`, a model written
+from shared/CONTRACT.md alone. No Kafka, no sleeps: time is a number the test moves.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from collections import Counter
+from dataclasses import dataclass, field
+
+import orjson
+import pytest
+from hypothesis import HealthCheck, assume, currently_in_test_context, event, given, settings
+from hypothesis import strategies as st
+
+import simulator
+from app import merge
+from app.heldstate import (
+    INDEX_PREFIX,
+    Held,
+    Marker,
+    Source,
+    decode_state,
+    encode_state,
+    index_key,
+    parse_index_key,
+    state_key,
+)
+from simulator import reference
+from simulator.reference import Read, Sweep
+from simulator.workload import MALFORMED_REASONS
+
+RAW = "cameleer.executions.raw"
+START_MS = 1_000_000
+EXAMPLES = int(os.environ.get("PROPERTY_EXAMPLES", "200"))  # more for a long local run
+FAST = settings(
+    max_examples=EXAMPLES,
+    deadline=None,
+    suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large],
+)
+LIGHT = settings(FAST, max_examples=max(1, EXAMPLES // 4))  # simple inputs need fewer
+
+
+# -- the driver: the shell's job, with a dict as the store ------------------------------
+
+
+@dataclass
+class Emitted:
+    output: merge.Output
+    read: int | None  # index of the read that caused it; None for a sweep
+
+
+@dataclass
+class Driver:
+    rules: merge.Rules
+    store: dict[bytes, bytes] = field(default_factory=dict)
+    emitted: list[Emitted] = field(default_factory=list)
+    counters: Counter[str] = field(default_factory=Counter)
+    offset: int = 0
+    problems: list[str] = field(default_factory=list)
+
+    def _apply(self, decision: merge.Decision, read: int | None) -> None:
+        for key, value in decision.writes.items():
+            if value is None:
+                self.store.pop(key, None)
+            else:
+                self.store[key] = value
+        self.emitted.extend(Emitted(o, read) for o in decision.outputs)
+        assert decision.dead == [], decision.dead  # nothing here is too large
+        if decision.counter:
+            self.counters[decision.counter] += 1
+
+    def read(
+        self, value: bytes, ts_ms: int, now_ms: int, key: bytes | None = None, headers=()
+    ) -> merge.Decision:
+        source = Source(RAW, 0, self.offset, ts_ms, key, value, tuple(headers))
+        self.offset += 1
+        parsed = merge.classify(source)
+        assert isinstance(parsed, merge.Event), parsed
+        stored = self.store.get(state_key(parsed.execution_id))
+        decision = merge.decide(parsed, stored, self.rules, now_ms)
+        self._apply(decision, self.offset - 1)
+        for out in decision.outputs:
+            assert out.key == parsed.execution_id.encode()
+            if out.origin == merge.TERMINAL_ONLY and (
+                out.value != value or out.headers != source.headers
+            ):
+                self.problems.append(f"terminal-only not byte-identical: {out!r} vs {value!r}")
+            if out.origin == merge.MERGED:
+                self._check_after_merge(parsed.execution_id)
+        self._check_layout(parsed.execution_id)
+        return decision
+
+    def sweep(self, now_ms: int) -> None:
+        due = sorted(
+            k for k in self.store if k.startswith(INDEX_PREFIX) and parse_index_key(k)[0] <= now_ms
+        )
+        for key in due:
+            due_ms, execution_id = parse_index_key(key)
+            stored = self.store.get(state_key(execution_id))
+            self._apply(merge.sweep_entry(execution_id, due_ms, stored, self.rules, now_ms), None)
+            self._check_layout(execution_id)
+
+    def index_keys(self, execution_id: str) -> list[bytes]:
+        return sorted(
+            k
+            for k in self.store
+            if k.startswith(INDEX_PREFIX) and parse_index_key(k)[1] == execution_id
+        )
+
+    def state(self, execution_id: str) -> Held | Marker | None:
+        stored = self.store.get(state_key(execution_id))
+        return None if stored is None else decode_state(stored)
+
+    def _check_after_merge(self, execution_id: str) -> None:
+        state = self.state(execution_id)
+        if not isinstance(state, Marker):
+            self.problems.append(f"after a merge the state of {execution_id!r} is {state!r}")
+            return
+        if self.index_keys(execution_id) != [index_key(state.expires_ms, execution_id)]:
+            self.problems.append(
+                f"after a merge of {execution_id!r}: index {self.index_keys(execution_id)!r}, "
+                f"expected only the marker's expiry {state.expires_ms}"
+            )
+
+    def _check_layout(self, execution_id: str) -> None:
+        """heldstate's layout: every state that must expire or flush has its one index entry."""
+        state = self.state(execution_id)
+        index = self.index_keys(execution_id)
+        if isinstance(state, Marker):
+            wanted = [index_key(state.expires_ms, execution_id)]
+        elif isinstance(state, Held) and not state.stale_emitted:
+            wanted = [index_key(state.due_ms, execution_id)]
+        else:
+            wanted = []
+        if index != wanted:
+            self.problems.append(
+                f"index of {execution_id!r} is {index!r} for state {state!r}, expected {wanted!r}"
+            )
+
+    def outputs_of(self, execution_id: str) -> list[merge.Output]:
+        return [e.output for e in self.emitted if e.output.key == execution_id.encode()]
+
+
+# -- strategies --------------------------------------------------------------------------
+
+KNOWN_FIELDS = (
+    "route_id",
+    "agent_id",
+    "start_time",
+    "end_time",
+    "duration_ms",
+    "headers",
+    "input_body",
+    "output_body",
+    "error",
+    "processors",
+)
+
+non_null_scalars = (
+    st.booleans()
+    | st.integers(-(2**53), 2**53)
+    | st.floats(allow_nan=False, allow_infinity=False)
+    | st.text(max_size=4)
+)
+scalars = st.none() | non_null_scalars
+
+
+def nested(inner):
+    return st.lists(inner, max_size=3) | st.dictionaries(st.sampled_from("ab"), inner, max_size=2)
+
+
+json_values = st.recursive(scalars, nested, max_leaves=4)
+non_null_values = non_null_scalars | nested(json_values)  # null only inside nested values
+# few names (known ones, and unknown ones that are not execution_id, status or
+# protocol_version), so the RUNNING and terminal events of one execution share fields
+field_names = (
+    st.sampled_from(["headers", "error", "route_id"])
+    | st.sampled_from(KNOWN_FIELDS)
+    | st.text("xyzé🐪", min_size=1, max_size=3)
+)
+# fields present or absent, null, scalar, nested object or array
+extra_fields = st.dictionaries(field_names, json_values, max_size=4)
+v1_version = st.sampled_from([{}, {}, {"protocol_version": 1}, {"protocol_version": None}])
+
+# app/merge.py drops the null fields of held RUNNING events when it merges them (see
+# test_known_disagreement_null_field_of_a_running_event_is_kept); until that is fixed the
+# generated RUNNING events carry no top-level nulls. Set True to generate them again.
+RUNNING_NULLS = False
+running_fields = (
+    extra_fields if RUNNING_NULLS else st.dictionaries(field_names, non_null_values, max_size=4)
+)
+running_version = v1_version if RUNNING_NULLS else st.sampled_from([{}, {"protocol_version": 1}])
+
+
+# agents' JSON is not the worker's: spacing, escapes and number forms differ, so an output
+# that was re-serialized instead of passed through is visible
+encodings = st.sampled_from(
+    [
+        orjson.dumps,
+        lambda b: orjson.dumps(b, option=orjson.OPT_INDENT_2),
+        lambda b: json.dumps(b, ensure_ascii=True).encode(),
+        lambda b: json.dumps(b, ensure_ascii=False, separators=(" ,", ": ")).encode(),
+    ]
+)
+
+
+def body(execution_id: str, status: str, fields: dict, version: dict) -> dict:
+    return {"execution_id": execution_id, "status": status, **version, **fields}
+
+
+@st.composite
+def event_lists(draw, execution_id: str) -> list[tuple[str, bytes]]:
+    """One execution's events in arrival order: any order, duplicated, unknown fields."""
+    events: list[tuple[str, bytes]] = []
+    for _ in range(draw(st.integers(0, 3))):
+        fields, version = draw(running_fields), draw(running_version)
+        value = draw(encodings)(body(execution_id, "RUNNING", fields, version))
+        events.append(("RUNNING", value))
+    if draw(st.integers(0, 9)) > 0:
+        status = draw(st.sampled_from(["COMPLETED", "FAILED"]))
+        fields, version = draw(extra_fields), draw(v1_version)
+        terminal = draw(encodings)(body(execution_id, status, fields, version))
+        events.append((status, terminal))
+        for _ in range(draw(st.integers(0, 2))):  # duplicates: resent, or other content
+            if draw(st.booleans()):
+                events.append((status, terminal))
+            else:
+                other = draw(st.sampled_from(["COMPLETED", "FAILED"]))
+                events.append(
+                    (other, draw(encodings)(body(execution_id, other, draw(extra_fields), {})))
+                )
+    runnings = [e for e in events if e[0] == "RUNNING"]
+    if runnings and draw(st.booleans()):  # a RUNNING resent, maybe after the terminal
+        events.append(draw(st.sampled_from(runnings)))
+    if draw(st.booleans()):
+        order = draw(st.permutations(range(len(events))))
+        events = [events[i] for i in order]
+    return events
+
+
+rules_strategy = st.builds(
+    lambda stale, dedupe: merge.Rules(stale, dedupe, max_record_bytes=1 << 40),
+    st.integers(1, 2_000),
+    st.integers(1, 10_000),
+)
+
+
+@st.composite
+def delays(draw, rules: merge.Rules) -> int:
+    """Time between two moments: none, a little, or around stale_after or the dedupe window."""
+    s, d = rules.stale_after_ms, rules.dedupe_window_ms
+    return draw(
+        st.sampled_from([0, 0, 1, s - 1, s, s + 1, d - 1, d, d + 1]).map(lambda v: max(v, 0))
+        | st.integers(0, 2 * max(s, d))
+    )
+
+
+@dataclass
+class Plan:
+    rules: merge.Rules
+    steps: list  # ("read", execution_id, status, value, ts, now) or ("sweep", now)
+    ids: list[str]
+
+
+# app/merge.py loses a dedupe marker's index entry when the marker's expiry falls on the
+# held RUNNING's stale due time (see test_known_disagreement_marker_expiry_on_the_stale_due);
+# until that is fixed, plans where it happens are skipped. Set True to generate them again.
+INDEX_COLLISIONS = False
+
+
+def collides(rules: merge.Rules, steps: list) -> bool:
+    """Some RUNNING's due time equals some later terminal read's marker expiry."""
+    dues: dict[str, set[int]] = {}
+    for step in steps:
+        if step[0] != "read":
+            continue
+        _, eid, status, _, ts, now = step
+        if status == "RUNNING":
+            dues.setdefault(eid, set()).add(ts + rules.stale_after_ms)
+        elif now + rules.dedupe_window_ms in dues.get(eid, ()):
+            return True
+    return False
+
+
+@st.composite
+def plans(draw, ids_strategy) -> Plan:
+    """Executions' events interleaved, delayed, swept at arbitrary moments.
+
+    Kafka timestamps lag the read time (a backlog), or lead it (a producer clock ahead).
+    """
+    rules = draw(rules_strategy)
+    ids = draw(ids_strategy)
+    per_id = {eid: draw(event_lists(eid)) for eid in ids}
+    labels = [eid for eid in ids for _ in per_id[eid]]
+    order = draw(st.permutations(labels))  # any interleaving of the executions
+    stale, dedupe = rules.stale_after_ms, rules.dedupe_window_ms
+    lags = st.sampled_from([0, 0, stale, stale - dedupe]) | st.integers(-stale, 2 * stale)
+    now = START_MS
+    steps: list = []
+    cursor = dict.fromkeys(ids, 0)
+    for eid in order:
+        now += draw(delays(rules))
+        if draw(st.booleans()):
+            steps.append(("sweep", now))
+            now += draw(st.sampled_from([0, 0, 1]))
+        status, value = per_id[eid][cursor[eid]]
+        cursor[eid] += 1
+        lag = draw(lags)
+        steps.append(("read", eid, status, value, now - lag, now))
+    if draw(st.booleans()):
+        now += draw(delays(rules))
+        steps.append(("sweep", now))
+    if not INDEX_COLLISIONS:
+        assume(not collides(rules, steps))
+    return Plan(rules, steps, ids)
+
+
+def check_against_reference(plan: Plan) -> None:
+    """Play the plan and compare; then let every due time pass, sweep, and compare again."""
+    driver = Driver(plan.rules)
+    timelines: dict[str, list] = {eid: [] for eid in plan.ids}
+    now = START_MS
+    for step in plan.steps:
+        if step[0] == "sweep":
+            now = step[1]
+            driver.sweep(now)
+            for timeline in timelines.values():
+                timeline.append(Sweep(now))
+        else:
+            _, eid, status, value, ts, now = step
+            driver.read(value, ts, now, key=eid.encode())
+            timelines[eid].append(Read(status, orjson.loads(value), ts, now))
+    compare(plan, driver, timelines, settled=False)
+
+    now += 3 * (plan.rules.stale_after_ms + plan.rules.dedupe_window_ms)
+    driver.sweep(now)
+    for timeline in timelines.values():
+        timeline.append(Sweep(now))
+    compare(plan, driver, timelines, settled=True)
+
+
+def compare(plan: Plan, driver: Driver, timelines: dict[str, list], settled: bool) -> None:
+    assert driver.problems == []
+    assert {e.output.key for e in driver.emitted} <= {eid.encode() for eid in plan.ids}
+    for eid in plan.ids:
+        expected = reference.expected(
+            timelines[eid],
+            stale_after_ms=plan.rules.stale_after_ms,
+            dedupe_window_ms=plan.rules.dedupe_window_ms,
+            explicit_sweeps=True,
+        )
+        outputs = driver.outputs_of(eid)
+        assert reference.check_execution(expected, outputs) == [], (eid, expected, outputs)
+        if len(expected.episodes) == 1:
+            assert reference.invariants(outputs, terminal_read=expected.terminal_read) == []
+        elif expected.episodes and settled and currently_in_test_context():
+            event("an execution forgotten after its dedupe window, then seen again")
+        if settled:
+            check_settled(driver, eid, expected)
+
+
+def check_settled(driver: Driver, eid: str, expected: reference.Expected) -> None:
+    """Bounded state: once every due time passed and a sweep ran, only a stuck RUNNING stays."""
+    assert driver.index_keys(eid) == []
+    state = driver.state(eid)
+    last = expected.episodes[-1] if expected.episodes else None
+    if last is None or last.terminal is not None:
+        assert state is None, (eid, state)
+    else:  # RUNNING with no terminal yet: held (flushed once) until its terminal comes
+        if currently_in_test_context():
+            event("a stuck RUNNING stays held after its stale flush")
+        assert isinstance(state, Held) and state.stale_emitted, state
+
+
+ids_one = st.just(["exec-1"])
+ids_many = st.lists(
+    st.sampled_from(["e", "e1", "e10", "e1\x00", "é-ünï", "🐪", "a" * 40]),
+    min_size=2,
+    max_size=4,
+    unique=True,
+)
+
+
+# -- properties ----------------------------------------------------------------------------
+
+
+@FAST
+@given(plans(ids_one))
+def test_one_execution_matches_the_model_and_settles_to_bounded_state(plan):
+    check_against_reference(plan)
+
+
+@settings(FAST, max_examples=max(1, FAST.max_examples * 3 // 4))
+@given(plans(ids_many))
+def test_interleaved_executions_match_the_model_and_settle(plan):
+    check_against_reference(plan)
+
+
+@LIGHT
+@given(running_fields, st.lists(running_fields, min_size=1, max_size=3), extra_fields)
+def test_terminal_after_held_running_is_the_contract_coalesce(first, more, last):
+    """Hand-checked COALESCE, independent of the model's own coalesce."""
+    runnings = [first, *more]
+    driver = Driver(merge.Rules(300_000, 3_600_000, 1 << 40))
+    for n, fields in enumerate(runnings):
+        driver.read(orjson.dumps(body("x", "RUNNING", fields, {})), START_MS + n, START_MS + n)
+    terminal = body("x", "FAILED", last, {})
+    driver.read(orjson.dumps(terminal), START_MS + 10, START_MS + 10)
+    [out] = driver.outputs_of("x")
+    assert out.origin == merge.MERGED
+    expected = dict(first)
+    for fields in [*more, terminal]:
+        expected.update({k: v for k, v in fields.items() if v is not None})
+    expected.update(execution_id="x", status="FAILED")
+    assert orjson.loads(out.value) == expected
+    assert driver.problems == []
+
+
+@LIGHT
+@given(extra_fields, st.sampled_from(["COMPLETED", "FAILED"]), st.booleans())
+def test_terminal_with_nothing_held_is_emitted_byte_identical(fields, status, indent):
+    value = orjson.dumps(body("t", status, fields, {}), option=orjson.OPT_INDENT_2 if indent else 0)
+    headers = (("traceparent", b"00-abc-01"), ("x", b""))
+    driver = Driver(merge.Rules(10, 10, 1 << 40))
+    decision = driver.read(value, START_MS, START_MS, key=None, headers=headers)
+    assert [(o.key, o.value, o.origin, o.headers) for o in decision.outputs] == [
+        (b"t", value, merge.TERMINAL_ONLY, headers)
+    ]
+    assert isinstance(driver.state("t"), Marker)
+    assert driver.problems == []
+
+
+v2_headers = st.lists(st.tuples(st.text(max_size=8), st.binary(max_size=8)), max_size=3)
+
+
+@LIGHT
+@given(
+    extra_fields,
+    st.sampled_from(["COMPLETED", "FAILED", "RUNNING"]),
+    st.sampled_from(["explicit", "registered"]),
+    v2_headers,
+    st.sampled_from([None, b"", b"other-key", b"v2-exec"]),
+    st.booleans(),
+    st.dictionaries(st.binary(min_size=1, max_size=12), st.binary(max_size=12), max_size=3),
+)
+def test_v2_passthrough_is_byte_for_byte_and_stateless(
+    fields, status, how, headers, key, indent, store
+):
+    agent = "agent-v2"
+    version = {"protocol_version": 2} if how == "explicit" else {}
+    value = orjson.dumps(
+        {"execution_id": "v2-exec", "status": status, **version, **fields, "agent_id": agent},
+        option=orjson.OPT_INDENT_2 if indent else 0,
+    )
+    source = Source(RAW, 3, 7, START_MS, key, value, tuple(headers))
+    parsed = merge.classify(source)
+    assert isinstance(parsed, merge.Event)
+    assert merge.protocol_of(parsed, {agent: 2}) == 2
+    before = dict(store)
+    decision = merge.passthrough(parsed, merge.Rules(max_record_bytes=1 << 40))
+    assert store == before
+    assert decision.writes == {}
+    assert decision.dead == []
+    assert [(o.key, o.value, o.origin, o.headers) for o in decision.outputs] == [
+        (b"v2-exec", value, merge.PASSTHROUGH, tuple(headers))
+    ]
+    assert decision.outputs[0].value is value or decision.outputs[0].value == value
+
+
+@LIGHT
+@given(extra_fields, st.dictionaries(st.text(max_size=5), st.sampled_from([1, 2]), max_size=3))
+def test_protocol_version_own_field_then_registry_then_1(fields, registry):
+    fields.pop("agent_id", None)
+    for own in (None, 1, 2):
+        for agent in ("a", "b", None):
+            raw = {"execution_id": "p", "status": "RUNNING", **fields}
+            if own is not None:
+                raw["protocol_version"] = own
+            if agent is not None:
+                raw["agent_id"] = agent
+            parsed = merge.classify(Source(RAW, 0, 0, 0, None, orjson.dumps(raw)))
+            assert isinstance(parsed, merge.Event)
+            wanted = own if own is not None else registry.get(agent, 1) if agent else 1
+            assert merge.protocol_of(parsed, registry) == wanted
+
+
+@LIGHT
+@given(extra_fields, extra_fields)
+def test_coalesce_matches_the_reference_coalesce(base, update):
+    assert merge.coalesce(base, update) == reference.coalesce([base, update])
+
+
+@LIGHT
+@given(
+    st.lists(
+        st.tuples(
+            st.text(max_size=5),
+            st.integers(-(2**31), 2**31 - 1),
+            st.integers(0, 2**62),
+            st.integers(-1, 2**62),
+            st.none() | st.binary(max_size=6),
+            st.binary(max_size=20),
+        ),
+        max_size=3,
+    ),
+    st.integers(-(2**62), 2**62),
+    st.integers(-(2**62), 2**62),
+    st.booleans(),
+)
+def test_state_codec_round_trips(sources, first_ts, due, stale):
+    held = Held(first_ts, due, stale, tuple(Source(*s) for s in sources))
+    assert decode_state(encode_state(held)) == held
+
+
+# -- the reference model itself can fail -----------------------------------------------------
+
+
+def test_reference_flags_lost_duplicated_wrong_and_late_running():
+    events = [
+        ("RUNNING", {"execution_id": "e", "status": "RUNNING", "a": 1}, 0),
+        ("COMPLETED", {"execution_id": "e", "status": "COMPLETED", "a": None, "b": 2}, 10),
+    ]
+    expected = reference.expected(events, stale_after_ms=100)
+    good = {"execution_id": "e", "status": "COMPLETED", "a": 1, "b": 2}
+    assert expected.episodes[0].running == reference.FORBIDDEN
+    assert reference.check_execution(expected, [good]) == []
+    assert any("lost" in v for v in reference.check_execution(expected, []))
+    assert any("duplicated" in v for v in reference.check_execution(expected, [good, good]))
+    assert any(
+        "wrong content" in v for v in reference.check_execution(expected, [{**good, "a": None}])
+    )
+    running = {"execution_id": "e", "status": "RUNNING", "a": 1}
+    assert any("RUNNING after" in v for v in reference.check_execution(expected, [good, running]))
+    assert any(
+        "unexpected RUNNING" in v for v in reference.check_execution(expected, [running, good])
+    )
+    assert reference.invariants([good, running], terminal_read=True) != []
+    assert reference.invariants([running, running, good]) != []
+    assert reference.invariants([running], terminal_read=True) != []
+    assert reference.invariants([running, good], terminal_read=True) == []
+
+
+def test_reference_loose_mode_stale_windows():
+    run = ("RUNNING", {"execution_id": "e", "status": "RUNNING"}, 0)
+    done = {"execution_id": "e", "status": "COMPLETED"}
+    early = reference.expected([run, ("COMPLETED", done, 50)], stale_after_ms=100)
+    assert early.episodes[0].running == reference.FORBIDDEN
+    maybe = reference.expected(
+        [run, ("COMPLETED", done, 150)], stale_after_ms=100, sweep_lag_ms=100
+    )
+    assert maybe.episodes[0].running == reference.ALLOWED
+    late = reference.expected([run, ("COMPLETED", done, 500)], stale_after_ms=100, sweep_lag_ms=100)
+    assert late.episodes[0].running == reference.REQUIRED
+    assert reference.check_execution(late, [done]) != []
+    with pytest.raises(ValueError):
+        reference.expected([("COMPLETED", done, 0), ("RUNNING", run[1], 20)], dedupe_window_ms=10)
+
+
+# -- where app/merge.py and the contract disagree (the contract wins) ---------------------
+
+
+@pytest.mark.xfail(strict=True, reason="merge._merge_running starts from {} and drops nulls")
+def test_known_disagreement_null_field_of_a_running_event_is_kept():
+    """CONTRACT: "start from the RUNNING event's fields; ... a field that is null or absent
+    in the terminal event keeps the RUNNING value". A RUNNING field whose value is null is
+    one of its fields, and unknown fields are "kept, never dropped"."""
+    driver = Driver(merge.Rules(300_000, 3_600_000, 1 << 40))
+    running = {"execution_id": "k", "status": "RUNNING", "route_id": "r", "parent": None}
+    driver.read(orjson.dumps(running), START_MS, START_MS)
+    driver.read(b'{"execution_id":"k","status":"COMPLETED","duration_ms":5}', START_MS, START_MS)
+    [out] = driver.outputs_of("k")
+    assert orjson.loads(out.value) == {
+        "execution_id": "k",
+        "status": "COMPLETED",
+        "route_id": "r",
+        "parent": None,  # merge.py leaves this field out
+        "duration_ms": 5,
+    }
+
+
+@pytest.mark.xfail(strict=True, reason="decide() overwrites the marker's index entry with None")
+def test_known_disagreement_marker_expiry_on_the_stale_due():
+    """When now + dedupe_window == the held RUNNING's stale due time, decide() writes the
+    marker's index key and then deletes the same key as "the stale entry": the marker never
+    expires, so duplicates are dropped forever and the state is never freed. Reachable with
+    stale_after > dedupe_window (the configuration allows it), or a producer clock ahead."""
+    driver = Driver(merge.Rules(stale_after_ms=300_000, dedupe_window_ms=60_000))
+    driver.read(b'{"execution_id":"c","status":"RUNNING"}', START_MS, START_MS)
+    driver.read(b'{"execution_id":"c","status":"COMPLETED"}', START_MS, START_MS + 240_000)
+    assert driver.problems == []  # the layout check sees the missing index entry
+    driver.sweep(START_MS + 10_000_000)
+    assert driver.store == {}  # the marker stays forever
+
+
+# -- the simulator's workloads through the core ----------------------------------------------
+
+
+@pytest.mark.parametrize("seed", [1, 2])
+def test_simulated_workload_through_the_core_matches_the_model(seed):
+    """Every simulated execution, malformed record and v2 record gets what the contract says."""
+    options = {
+        # agents writing null fields hit the RUNNING-nulls disagreement (see RUNNING_NULLS)
+        "null_agent_share": 0.25 if RUNNING_NULLS else 0.0,
+        "malformed_share": 0.05,
+        "stuck_share": 0.05,
+        "duplicate_share": 0.05,
+        "late_running_share": 0.05,
+        "repeated_running_share": 0.05,
+        "terminal_only_share": 0.05,
+        "unkeyed_share": 0.1,
+    }
+    registry = {}
+    for record in simulator.agent_registrations(seed, **options):
+        registration = orjson.loads(record.value)
+        registry[registration["agent_id"]] = registration["protocol_version"]
+    rules = merge.Rules(stale_after_ms=200, dedupe_window_ms=10_000, max_record_bytes=1 << 40)
+    driver = Driver(rules)
+    timeline: list = []  # (execution_id, or None for a sweep; Read or Sweep)
+    executions: dict[str, simulator.Execution] = {}
+    passed: dict[str, list[bytes]] = {}
+    reasons = Counter()
+    at = START_MS
+    for n, step in enumerate(simulator.iter_steps(seed, 400, **options)):
+        record, at, execution = step.record, step.at_ms, step.execution
+        if n % 37 == 0:
+            driver.sweep(at)
+            timeline.append((None, Sweep(at)))
+        source = Source(RAW, 0, n, at, record.key, record.value, tuple(record.headers))
+        parsed = merge.classify(source)
+        if execution is None:
+            assert isinstance(parsed, merge.Rejected) and parsed.reason == step.reason, parsed
+            reasons[parsed.reason] += 1
+            continue
+        executions[execution.execution_id] = execution
+        assert isinstance(parsed, merge.Event), parsed
+        assert parsed.status == step.status
+        assert merge.protocol_of(parsed, registry) == execution.protocol
+        if execution.protocol == 2:
+            decision = merge.passthrough(parsed, rules)
+            assert decision.writes == {}
+            passed.setdefault(execution.execution_id, []).extend(o.value for o in decision.outputs)
+            continue
+        driver.read(record.value, at, at, key=record.key, headers=record.headers)
+        timeline.append((execution.execution_id, Read(parsed.status, parsed.body, at, at)))
+    at += 10 * rules.dedupe_window_ms
+    driver.sweep(at)
+    timeline.append((None, Sweep(at)))
+    assert driver.problems == []
+
+    for eid, execution in executions.items():
+        if execution.kind == simulator.Kind.V2:
+            assert passed[eid] == [execution.events[0].value]
+            continue
+        expected = reference.expected(
+            [item for owner, item in timeline if owner in (None, eid)],
+            stale_after_ms=rules.stale_after_ms,
+            dedupe_window_ms=rules.dedupe_window_ms,
+            explicit_sweeps=True,
+        )
+        outputs = driver.outputs_of(eid)
+        assert reference.check_execution(expected, outputs) == [], (execution.kind, eid)
+        terminal_read = execution.terminal_status is not None
+        assert reference.invariants(outputs, terminal_read=terminal_read) == []
+        check_settled(driver, eid, expected)
+        if execution.kind == simulator.Kind.V1_STUCK:
+            assert [o.origin for o in outputs] == [merge.STALE_RUNNING]
+    assert {e.kind for e in executions.values()} == set(simulator.Kind)
+    assert set(reasons) == set(MALFORMED_REASONS)
+
+
+def test_simulator_is_deterministic_and_sized_as_documented():
+    one = simulator.generate(7, 300)
+    again = simulator.generate(7, 300)
+    other = simulator.generate(8, 300)
+    assert [(r.key, r.value, r.headers) for r in one.records] == [
+        (r.key, r.value, r.headers) for r in again.records
+    ]
+    assert [r.value for r in one.records] != [r.value for r in other.records]
+    assert [s.record.value for s in simulator.iter_steps(7, 300)] == [r.value for r in one.records]
+    assert one.steps_at_ms == sorted(one.steps_at_ms)
+    low, high = one.params.terminal_bytes
+    for execution in one.executions.values():
+        for status, record in zip(execution.statuses, execution.events, strict=True):
+            if status != "RUNNING":
+                assert low <= len(record.value) <= high
+    # executions overlap: many start before the first one ends
+    first = next(e for e in one.executions.values() if len(e.events) == 2)
+    started_between = [
+        e for e in one.executions.values() if first.times_ms[0] < e.times_ms[0] < first.times_ms[1]
+    ]
+    assert started_between or first.times_ms[1] - first.times_ms[0] <= 1
+    with pytest.raises(TypeError):
+        simulator.generate(1, 1, no_such_option=1)
