@@ -213,8 +213,10 @@ def sweep_entry(
 
 
 def _merge_running(held: Held) -> dict[str, Any]:
-    merged: dict[str, Any] = {}
-    for src in held.events:
+    # Starts from the first RUNNING event's fields, its nulls included.
+    first, *later = held.events
+    merged = orjson.loads(first.value)
+    for src in later:
         merged = coalesce(merged, orjson.loads(src.value))
     return merged
 

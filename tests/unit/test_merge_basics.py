@@ -96,3 +96,16 @@ def test_state_codec_round_trips():
     held = Held(1, 2, True, (Source("t", 3, 4, 5, None, b"v"), Source("u", 0, 9, 7, b"k", b"")))
     assert decode_state(encode_state(held)) == held
     assert decode_state(encode_state(Marker(123))) == Marker(123)
+
+
+def test_a_running_events_null_fields_are_its_fields_in_the_merge():
+    running = ev(execution_id="e2", status="RUNNING", a=None, b=1)
+    d1 = merge.decide(running, None, RULES, now_ms=1)
+    done = ev(execution_id="e2", status="COMPLETED", c=None)
+    d2 = merge.decide(done, d1.writes[state_key("e2")], RULES, now_ms=2)
+    assert orjson.loads(d2.outputs[0].value) == {
+        "execution_id": "e2",
+        "status": "COMPLETED",
+        "a": None,  # the RUNNING event's own null: "start from the RUNNING event's fields"
+        "b": 1,
+    }
