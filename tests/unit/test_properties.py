@@ -15,7 +15,15 @@ from dataclasses import dataclass, field
 
 import orjson
 import pytest
-from hypothesis import HealthCheck, assume, currently_in_test_context, event, given, settings
+from hypothesis import (
+    HealthCheck,
+    assume,
+    currently_in_test_context,
+    event,
+    example,
+    given,
+    settings,
+)
 from hypothesis import strategies as st
 
 import simulator
@@ -396,7 +404,7 @@ def test_one_execution_matches_the_model_and_settles_to_bounded_state(plan):
     check_against_reference(plan)
 
 
-@settings(FAST, max_examples=max(1, FAST.max_examples * 3 // 4))
+@settings(FAST, max_examples=max(1, EXAMPLES // 2))
 @given(plans(ids_many))
 def test_interleaved_executions_match_the_model_and_settle(plan):
     check_against_reference(plan)
@@ -404,6 +412,8 @@ def test_interleaved_executions_match_the_model_and_settle(plan):
 
 @LIGHT
 @given(running_fields, st.lists(running_fields, min_size=1, max_size=3), extra_fields)
+@example({"headers": {"a": 1, "b": 2}}, [{"error": [1, 2]}], {"headers": {"b": None}, "error": []})
+@example({"route_id": "r", "x": {"a": 1}}, [{"route_id": "s"}], {"route_id": None, "x": None})
 def test_terminal_after_held_running_is_the_contract_coalesce(first, more, last):
     """Hand-checked COALESCE, independent of the model's own coalesce."""
     runnings = [first, *more]
@@ -626,7 +636,7 @@ def test_simulated_workload_through_the_core_matches_the_model(seed):
     passed: dict[str, list[bytes]] = {}
     reasons = Counter()
     at = START_MS
-    for n, step in enumerate(simulator.iter_steps(seed, 400, **options)):
+    for n, step in enumerate(simulator.iter_steps(seed, 300, **options)):
         record, at, execution = step.record, step.at_ms, step.execution
         if n % 37 == 0:
             driver.sweep(at)
