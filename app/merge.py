@@ -164,14 +164,13 @@ def decide(event: Event, stored: bytes | None, rules: Rules, now_ms: int) -> Dec
     if isinstance(state, Marker):
         return Decision(counter="duplicate_terminal")
     expires = now_ms + rules.dedupe_window_ms
-    writes: dict[bytes, bytes | None] = {
-        skey: encode_state(Marker(expires)),
-        index_key(expires, event.execution_id): b"",
-    }
+    writes: dict[bytes, bytes | None] = {}
+    if isinstance(state, Held) and not state.stale_emitted:
+        writes[index_key(state.due_ms, event.execution_id)] = None  # before: keys may be equal
+    writes[skey] = encode_state(Marker(expires))
+    writes[index_key(expires, event.execution_id)] = b""
     key = event.execution_id.encode()
     if isinstance(state, Held):
-        if not state.stale_emitted:
-            writes[index_key(state.due_ms, event.execution_id)] = None
         value = orjson.dumps(coalesce(_merge_running(state), event.body))
         if _size(value, event.execution_id, src.headers) > rules.max_record_bytes:
             decision = _too_large([*state.events, src], "merged record")

@@ -15,7 +15,9 @@ what this module adds:
    transaction holds every write of the records whose offsets it commits and
    none of a record it does not.
 3. Partitions with writes but no new offsets (the stale sweep) are committed too.
-4. The local state follows the commit: `StateStore.committed()` after a commit,
+4. Recovery after a rebalance reads the changelog up to the broker's last stable
+   offset (Faust used a cached value that is empty right after assignment).
+5. The local state follows the commit: `StateStore.committed()` after a commit,
    `StateStore.discard()` when a partition is revoked (its open transaction will
    be aborted by the fencing of the next owner).
 """
@@ -30,7 +32,7 @@ from collections.abc import Mapping
 
 from aiokafka.errors import ProducerFenced
 from faust.transport.consumer import TransactionManager
-from faust.transport.drivers.aiokafka import Transport
+from faust.transport.drivers.aiokafka import AIOKafkaConsumerThread, Consumer, Transport
 from faust.types import TP
 
 log = logging.getLogger(__name__)
@@ -107,12 +109,18 @@ class MergerTransactionManager(TransactionManager):
         return bool(committed)
 
     async def on_partitions_revoked(self, revoked) -> None:
+        # Commit what was handled while the producers still own their partitions.
+        # The eager protocol revokes every partition at each rebalance, also those
+        # that come straight back: discarding their work here would leave it in the
+        # open transaction, to be committed later beside its own reprocessing.
         await super().on_partitions_revoked(revoked)
         async with processing_lock:
+            if self.app.in_transaction:
+                await self._commit_locked(start_new_transaction=True)
             for tp in revoked:
                 self.handled.pop(tp, None)
                 self._committed.pop(tp, None)
-            if self.store is not None:
+            if self.store is not None:  # anything left was not committed: it never happened
                 self.store.discard({tp.partition for tp in revoked})
 
     async def commit_dirty(self) -> None:
@@ -121,5 +129,21 @@ class MergerTransactionManager(TransactionManager):
             await self.commit({})
 
 
+class MergerConsumerThread(AIOKafkaConsumerThread):
+    async def _highwaters(self, partitions):
+        # Faust answers from the last fetch's last-stable-offset when in a transaction:
+        # None for a partition not fetched yet, i.e. right after every rebalance. Its
+        # recovery then takes the changelog as empty: it raises ConsistencyError, or
+        # skips what the previous owner wrote. Ask the broker (ListOffsets with
+        # read_committed gives the last stable offset).
+        return await self._ensure_consumer().end_offsets(partitions)
+
+
+class MergerConsumer(Consumer):
+    def _new_consumer_thread(self):
+        return MergerConsumerThread(self, loop=self.loop, beacon=self.beacon)
+
+
 class MergerTransport(Transport):
+    Consumer = MergerConsumer
     TransactionManager = MergerTransactionManager

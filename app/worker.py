@@ -55,6 +55,9 @@ def create_app(settings: Settings, layout: Layout) -> faust.App:
         consumer_auto_offset_reset="earliest",
         table_cleanup_interval=3600.0,
         producer_acks=-1,
+        # A killed worker's partitions move after 10 s, not Faust's default 60 s.
+        broker_session_timeout=10.0,
+        broker_heartbeat_interval=2.0,
         loghandlers=[],
     )
 

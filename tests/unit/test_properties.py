@@ -184,7 +184,6 @@ def nested(inner):
 
 
 json_values = st.recursive(scalars, nested, max_leaves=4)
-non_null_values = non_null_scalars | nested(json_values)  # null only inside nested values
 # few names (known ones, and unknown ones that are not execution_id, status or
 # protocol_version), so the RUNNING and terminal events of one execution share fields
 field_names = (
@@ -195,15 +194,8 @@ field_names = (
 # fields present or absent, null, scalar, nested object or array
 extra_fields = st.dictionaries(field_names, json_values, max_size=4)
 v1_version = st.sampled_from([{}, {}, {"protocol_version": 1}, {"protocol_version": None}])
-
-# app/merge.py drops the null fields of held RUNNING events when it merges them (see
-# test_known_disagreement_null_field_of_a_running_event_is_kept); until that is fixed the
-# generated RUNNING events carry no top-level nulls. Set True to generate them again.
-RUNNING_NULLS = False
-running_fields = (
-    extra_fields if RUNNING_NULLS else st.dictionaries(field_names, non_null_values, max_size=4)
-)
-running_version = v1_version if RUNNING_NULLS else st.sampled_from([{}, {"protocol_version": 1}])
+running_fields = extra_fields
+running_version = v1_version
 
 
 # agents' JSON is not the worker's: spacing, escapes and number forms differ, so an output
@@ -276,10 +268,9 @@ class Plan:
     ids: list[str]
 
 
-# app/merge.py loses a dedupe marker's index entry when the marker's expiry falls on the
-# held RUNNING's stale due time (see test_known_disagreement_marker_expiry_on_the_stale_due);
-# until that is fixed, plans where it happens are skipped. Set True to generate them again.
-INDEX_COLLISIONS = False
+# Plans where a marker's expiry falls on the held RUNNING's stale due time (the two index
+# keys are equal: see test_known_disagreement_marker_expiry_on_the_stale_due) are generated.
+INDEX_COLLISIONS = True
 
 
 def collides(rules: merge.Rules, steps: list) -> bool:
@@ -572,11 +563,7 @@ def test_reference_loose_mode_stale_windows():
         reference.expected([("COMPLETED", done, 0), ("RUNNING", run[1], 20)], dedupe_window_ms=10)
 
 
-# -- where app/merge.py and the contract disagree (the contract wins) ---------------------
-
-
-@pytest.mark.xfail(strict=True, reason="merge._merge_running starts from {} and drops nulls")
-def test_known_disagreement_null_field_of_a_running_event_is_kept():
+def test_null_field_of_a_running_event_is_kept():
     """CONTRACT: "start from the RUNNING event's fields; ... a field that is null or absent
     in the terminal event keeps the RUNNING value". A RUNNING field whose value is null is
     one of its fields, and unknown fields are "kept, never dropped"."""
@@ -589,12 +576,14 @@ def test_known_disagreement_null_field_of_a_running_event_is_kept():
         "execution_id": "k",
         "status": "COMPLETED",
         "route_id": "r",
-        "parent": None,  # merge.py leaves this field out
+        "parent": None,  # merge.py used to leave this field out
         "duration_ms": 5,
     }
 
 
-@pytest.mark.xfail(strict=True, reason="decide() overwrites the marker's index entry with None")
+# -- where app/merge.py and the contract disagree (the contract wins) ---------------------
+
+
 def test_known_disagreement_marker_expiry_on_the_stale_due():
     """When now + dedupe_window == the held RUNNING's stale due time, decide() writes the
     marker's index key and then deletes the same key as "the stale entry": the marker never
@@ -615,8 +604,7 @@ def test_known_disagreement_marker_expiry_on_the_stale_due():
 def test_simulated_workload_through_the_core_matches_the_model(seed):
     """Every simulated execution, malformed record and v2 record gets what the contract says."""
     options = {
-        # agents writing null fields hit the RUNNING-nulls disagreement (see RUNNING_NULLS)
-        "null_agent_share": 0.25 if RUNNING_NULLS else 0.0,
+        "null_agent_share": 0.5,
         "malformed_share": 0.05,
         "stuck_share": 0.05,
         "duplicate_share": 0.05,

@@ -1,0 +1,35 @@
+"""`make chaos` / `python -m chaos`: the fault-injection run, then the recovery figure."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+from .run import ChaosConfig, main_run
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m chaos", description=__doc__)
+    parser.add_argument("--executions", type=int, default=20_000)
+    parser.add_argument("--seed", type=int, default=7)
+    parser.add_argument("--kills", type=int, default=8)
+    parser.add_argument("--produce-seconds", type=float, default=60.0)
+    parser.add_argument("--no-recovery", action="store_true", help="skip the recovery figure")
+    parser.add_argument("--recovery-executions", type=int, default=100_000)
+    args = parser.parse_args(argv)
+    config = ChaosConfig(
+        executions=args.executions,
+        seed=args.seed,
+        kills=args.kills,
+        produce_seconds=args.produce_seconds,
+    )
+    code = main_run(config)
+    if not args.no_recovery:
+        from .recovery import main_recovery
+
+        code = max(code, main_recovery(args.recovery_executions))
+    return code
+
+
+if __name__ == "__main__":
+    sys.exit(main())

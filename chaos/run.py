@@ -1,0 +1,382 @@
+"""The fault-injection run: a seeded workload produced while workers are killed,
+scaled, wiped and the broker restarted; then every execution is verified."""
+
+from __future__ import annotations
+
+import asyncio
+import random
+import shutil
+import sys
+import threading
+import time
+import uuid
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
+from aiokafka.admin import AIOKafkaAdminClient, NewTopic
+from aiokafka.partitioner import murmur2
+
+import localkafka
+import simulator
+from simulator import Workload
+
+from .processes import Topics, WorkerProcess
+from .verify import OutRecord, Verdict, verify
+
+BARRIER = "chaos-barrier-"
+
+
+def say(msg: str) -> None:
+    print(f"[chaos {time.strftime('%H:%M:%S')}] {msg}", flush=True)
+
+
+@dataclass
+class ChaosConfig:
+    executions: int = 20_000
+    seed: int = 7
+    partitions: int = 6
+    stale_after: int = 8  # seconds: stuck executions get flushed within the run
+    produce_seconds: float = 60.0  # spread production so faults land mid-stream
+    kills: int = 8
+    max_workers: int = 3
+    wipe: bool = True
+    broker_restart: bool = True
+    work_dir: Path = field(default_factory=lambda: localkafka.CACHE_DIR / "chaos")
+    settle_timeout: float = 600.0
+
+
+@dataclass
+class Tally:
+    kills: int = 0
+    rebalances: int = 0
+    wipes: int = 0
+    broker_restarts: int = 0
+    crashes_restarted: int = 0
+
+
+def partition_for(key: bytes, partitions: int) -> int:
+    return (murmur2(key) & 0x7FFFFFFF) % partitions
+
+
+class Chaos:
+    def __init__(self, config: ChaosConfig) -> None:
+        self.config = config
+        self.rng = random.Random(config.seed)
+        self.run_id = uuid.uuid4().hex[:8]
+        self.dir = config.work_dir / self.run_id
+        self.topics = Topics.fresh(self.run_id)
+        self.tally = Tally()
+        self.broker: localkafka.Broker | None = None
+        self.workers: list[WorkerProcess] = []
+        self.produced = 0
+        self.lock = threading.Lock()
+        self.keep = True  # the run's folder stays unless it passed
+
+    # ---- the broker and the workers -------------------------------------------------
+    def start_broker(self) -> None:
+        self.broker = localkafka.start(data_dir=self.dir / "kafka")
+        say(f"broker up at {self.broker.bootstrap}")
+
+    def restart_broker(self) -> None:
+        assert self.broker is not None
+        port, data = self.broker.port, self.broker.data_dir
+        self.broker.stop()
+        self.broker = localkafka.start(port=port, data_dir=data)
+        self.tally.broker_restarts += 1
+
+    def worker(self, slot: int) -> WorkerProcess:
+        while len(self.workers) <= slot:
+            n = len(self.workers)
+            env = {"CAMELEER_STALE_AFTER": str(self.config.stale_after)}
+            self.workers.append(
+                WorkerProcess(self.broker.bootstrap, self.topics, self.dir / f"w{n}", env)
+            )
+        return self.workers[slot]
+
+    def alive(self) -> list[WorkerProcess]:
+        return [w for w in self.workers if w.alive]
+
+    def start_worker(self, slot: int) -> None:
+        others = len(self.alive())
+        self.worker(slot).start()
+        if others:
+            self.tally.rebalances += 1
+
+    def supervise(self, wanted: set[int]) -> None:
+        """Restart wanted workers that died by themselves (a crash is not a kill)."""
+        for slot in wanted:
+            w = self.worker(slot)
+            if not w.alive:
+                say(f"worker {slot} exited by itself (code {w.process.returncode}); restarting")
+                self.tally.crashes_restarted += 1
+                self.start_worker(slot)
+
+    # ---- topics and traffic ----------------------------------------------------------
+    async def create_topics(self, workload: Workload) -> None:
+        admin = AIOKafkaAdminClient(bootstrap_servers=self.broker.bootstrap)
+        await admin.start()
+        try:
+            await admin.create_topics(
+                [
+                    NewTopic(self.topics.raw, self.config.partitions, 1),
+                    NewTopic(self.topics.agents, 1, 1, topic_configs={"cleanup.policy": "compact"}),
+                ]
+            )
+        finally:
+            await admin.close()
+        producer = AIOKafkaProducer(
+            bootstrap_servers=self.broker.bootstrap, enable_idempotence=True
+        )
+        await producer.start()
+        try:
+            for rec in workload.agent_registrations():
+                await producer.send(self.topics.agents, rec.value, key=rec.key)
+        finally:
+            await producer.stop()
+
+    async def produce(self, workload: Workload, done: threading.Event) -> None:
+        """The agents: every record in order, paced over produce_seconds, retrying
+        through the broker restart (idempotent producer: no duplicates from retries)."""
+        records = workload.records
+        chunk = max(1, len(records) // 200)
+        pause = self.config.produce_seconds / 200
+        producer = AIOKafkaProducer(
+            bootstrap_servers=self.broker.bootstrap,
+            enable_idempotence=True,
+            linger_ms=5,
+            max_request_size=4_000_000,
+            request_timeout_ms=60_000,
+        )
+        await producer.start()
+        owner = {id(r): e.execution_id for e in workload.executions.values() for r in e.events}
+        try:
+            for i in range(0, len(records), chunk):
+                for rec in records[i : i + chunk]:
+                    eid = owner.get(id(rec))
+                    partition = None
+                    if eid is None:  # malformed: anywhere
+                        partition = self.rng.randrange(self.config.partitions)
+                    elif rec.key != eid.encode():
+                        # an agent that does not key by execution_id still sends one
+                        # execution's records to one partition (sticky per execution)
+                        partition = partition_for(eid.encode(), self.config.partitions)
+                    await producer.send(
+                        self.topics.raw,
+                        rec.value,
+                        key=rec.key,
+                        partition=partition,
+                        headers=rec.headers or None,
+                    )
+                await producer.flush()
+                with self.lock:
+                    self.produced = min(len(records), i + chunk)
+                await asyncio.sleep(pause)
+        finally:
+            await producer.stop()
+            done.set()
+
+    # ---- faults ---------------------------------------------------------------------
+    def faults(self, producing: threading.Event) -> set[int]:
+        """Kills, scaling, one wipe and one broker restart while the agents produce."""
+        cfg = self.config
+        plan = ["scale"] * 4 + ["kill"] * cfg.kills
+        if cfg.wipe:
+            plan.append("wipe")
+        if cfg.broker_restart:
+            plan.append("broker")
+        self.rng.shuffle(plan)
+        wanted = {0}
+        gap = cfg.produce_seconds / (len(plan) + 1)
+        for action in plan:
+            deadline = time.monotonic() + gap * self.rng.uniform(0.5, 1.5)
+            while time.monotonic() < deadline:
+                self.supervise(wanted)
+                self.progress(producing)
+                time.sleep(0.5)  # poll: faults are spread over the production time
+            if action == "kill":
+                slot = self.rng.choice(sorted(wanted))
+                say(f"SIGKILL worker {slot}")
+                self.worker(slot).kill()
+                self.tally.kills += 1
+                self.start_worker(slot)
+                self.tally.rebalances += 1
+            elif action == "scale":
+                if len(wanted) < cfg.max_workers and (len(wanted) == 1 or self.rng.random() < 0.6):
+                    slot = min(set(range(cfg.max_workers)) - wanted)
+                    say(f"scale up: worker {slot} joins ({len(wanted) + 1} workers)")
+                    wanted.add(slot)
+                    self.start_worker(slot)
+                else:
+                    slot = max(wanted - {0}) if len(wanted) > 1 else 0
+                    if slot != 0:
+                        say(f"scale down: SIGTERM worker {slot} ({len(wanted) - 1} workers)")
+                        self.worker(slot).stop()
+                        wanted.discard(slot)
+                        self.tally.rebalances += 1
+            elif action == "wipe":
+                slot = self.rng.choice(sorted(wanted))
+                say(f"SIGKILL worker {slot} and wipe its RocksDB")
+                self.worker(slot).kill()
+                self.worker(slot).wipe()
+                self.tally.kills += 1
+                self.tally.wipes += 1
+                self.start_worker(slot)
+                self.tally.rebalances += 1
+            elif action == "broker":
+                say("restarting the broker")
+                self.restart_broker()
+        return wanted
+
+    def progress(self, producing: threading.Event) -> None:
+        now = time.monotonic()
+        if now - getattr(self, "_last_progress", 0) < 5:
+            return
+        self._last_progress = now
+        with self.lock:
+            produced = self.produced
+        total = getattr(self, "_total", 0)
+        state = "producing" if not producing.is_set() else "settling"
+        say(f"{state}: {produced}/{total} records sent, {len(self.alive())} workers up")
+
+    # ---- reading the result ---------------------------------------------------------
+    async def barrier(self) -> None:
+        """A sentinel per raw partition: once all are out, everything before them is."""
+        producer = AIOKafkaProducer(
+            bootstrap_servers=self.broker.bootstrap, enable_idempotence=True
+        )
+        await producer.start()
+        keys = set()
+        try:
+            for p in range(self.config.partitions):
+                key = f"{BARRIER}{self.run_id}-{p}".encode()
+                keys.add(key)
+                value = b'{"execution_id":"%s","status":"COMPLETED"}' % key
+                await producer.send_and_wait(self.topics.raw, value, key=key, partition=p)
+        finally:
+            await producer.stop()
+        await self.read_until(lambda recs: keys <= {r.key for r in recs}, "barrier")
+
+    async def read_topic(self, topic: str, timeout: float = 10.0) -> list[OutRecord]:
+        consumer = AIOKafkaConsumer(
+            topic,
+            bootstrap_servers=self.broker.bootstrap,
+            isolation_level="read_committed",
+            auto_offset_reset="earliest",
+            enable_auto_commit=False,
+            max_partition_fetch_bytes=8 * 1024 * 1024,
+        )
+        await consumer.start()
+        try:
+            parts = consumer.assignment()
+            while not parts:
+                await asyncio.sleep(0.1)  # poll: assignment comes with the first metadata
+                parts = consumer.assignment()
+            ends = await consumer.end_offsets(list(parts))
+            out: list[OutRecord] = []
+            deadline = time.monotonic() + timeout
+            while time.monotonic() < deadline:
+                done = True
+                for tp in parts:
+                    if await consumer.position(tp) < ends[tp]:
+                        done = False
+                if done:
+                    break
+                batches = await consumer.getmany(timeout_ms=500, max_records=10_000)
+                for batch in batches.values():
+                    for m in batch:
+                        out.append(
+                            OutRecord(m.key, m.value, dict(m.headers or ()), m.partition, m.offset)
+                        )
+            return out
+        finally:
+            await consumer.stop()
+
+    async def read_until(self, done, what: str) -> list[OutRecord]:
+        deadline = time.monotonic() + self.config.settle_timeout
+        while True:
+            recs = await self.read_topic(self.topics.output, timeout=60)
+            if done(recs):
+                return recs
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"{what}: not complete after {self.config.settle_timeout:.0f}s")
+            say(f"waiting for {what}: {len(recs)} output records so far")
+            await asyncio.sleep(3)  # poll interval while the workers catch up
+
+    # ---- the whole run --------------------------------------------------------------
+    def run(self) -> tuple[Verdict, Tally]:
+        cfg = self.config
+        say(f"generating {cfg.executions} executions (seed {cfg.seed})")
+        workload = simulator.generate(cfg.seed, cfg.executions)
+        self._total = len(workload.records)
+        self.dir.mkdir(parents=True, exist_ok=True)
+        self.start_broker()
+        try:
+            asyncio.run(self.create_topics(workload))
+            self.start_worker(0)
+            produced = threading.Event()
+            sender = threading.Thread(target=lambda: asyncio.run(self.produce(workload, produced)))
+            sender.start()
+            wanted = self.faults(produced)
+            while not produced.is_set():
+                self.supervise(wanted)
+                self.progress(produced)
+                time.sleep(0.5)  # poll until the agents have sent everything
+            sender.join()
+            say("all records sent; waiting for the workers to settle")
+            self.supervise(wanted)
+            stale_wait = time.monotonic() + cfg.stale_after + 3
+            while time.monotonic() < stale_wait:  # stuck executions must come due
+                self.supervise(wanted)
+                time.sleep(0.5)  # poll the workers while the stuck ones come due
+            asyncio.run(self.barrier())
+            outputs = asyncio.run(self.read_topic(self.topics.output, timeout=120))
+            dead = asyncio.run(self.read_topic(self.topics.dlq, timeout=60))
+            say(f"read {len(outputs)} output and {len(dead)} DLQ records; verifying")
+            verdict = verify(workload, outputs, dead)
+            for w in self.alive():
+                w.stop()
+            if verdict.lost == verdict.duplicated == verdict.wrong == 0:
+                self.keep = False
+            return verdict, self.tally
+        finally:
+            for w in self.workers:
+                w.kill()
+            if self.broker:
+                self.broker.stop()
+            if self.keep:
+                say(f"logs and data kept in {self.dir}")
+            else:
+                shutil.rmtree(self.dir, ignore_errors=True)
+
+
+def table(verdict: Verdict, tally: Tally) -> str:
+    rows = [
+        ("executions", verdict.executions),
+        ("malformed", verdict.malformed),
+        ("kills", tally.kills),
+        ("rebalances", tally.rebalances),
+        ("wipes", tally.wipes),
+        ("broker restarts", tally.broker_restarts),
+        ("crashes restarted", tally.crashes_restarted),
+        ("lost", verdict.lost),
+        ("duplicated", verdict.duplicated),
+        ("wrong", verdict.wrong),
+    ]
+    width = max(len(r[0]) for r in rows)
+    lines = [
+        f"| {'':{width}} | {'':>9} |".replace(" |", "-|").replace("| ", "|-").replace(" ", "-")
+    ]
+    lines = [f"| {name:<{width}} | {value:>9} |" for name, value in rows]
+    rule = f"+-{'-' * width}-+-{'-' * 9}-+"
+    return "\n".join([rule, *lines, rule])
+
+
+def main_run(config: ChaosConfig) -> int:
+    verdict, tally = Chaos(config).run()
+    print(table(verdict, tally))
+    for problem in verdict.problems:
+        print("  " + problem)
+    ok = verdict.lost == verdict.duplicated == verdict.wrong == 0
+    print("OK: nothing lost, duplicated or wrong" if ok else "FAILED", file=sys.stderr)
+    return 0 if ok else 1
