@@ -579,8 +579,10 @@ class _Generator:
                 running = self._running(agent, route, execution_id, ids, start)
                 add(RUNNING, running, start)
             if kind == _REPEATED:
-                for retry in range(1, rng.randint(2, 3)):
-                    at = start + int(rnd() * duration)
+                retries = range(1, rng.randint(2, 3))
+                # sorted: `events` is production order, which follows the times
+                times_at = sorted(start + int(rnd() * duration) for _ in retries)
+                for retry, at in zip(retries, times_at, strict=True):
                     add(RUNNING, self._running_again(agent, route, execution_id, retry), at)
             if kind != _STUCK:
                 terminal = self._terminal(agent, route, execution_id, ids, start, end, status)

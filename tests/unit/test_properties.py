@@ -695,3 +695,11 @@ def test_simulator_is_deterministic_and_sized_as_documented():
     assert started_between or first.times_ms[1] - first.times_ms[0] <= 1
     with pytest.raises(TypeError):
         simulator.generate(1, 1, no_such_option=1)
+
+
+def test_simulated_events_are_listed_in_production_order():
+    workload = simulator.generate(7, 3000)
+    position = {id(r): i for i, r in enumerate(workload.records)}
+    for execution in workload.executions.values():
+        places = [position[id(r)] for r in execution.events]
+        assert places == sorted(places), execution.execution_id
