@@ -19,7 +19,7 @@ from . import merge
 from .heldstate import Source, parse_index_key, state_key
 from .merge import DeadLetter, Decision, Rejected, Rules
 from .statestore import StateStore
-from .transactions import processing_lock, source_partition
+from .transactions import fatal, processing_lock, source_partition
 
 log = logging.getLogger(__name__)
 
@@ -77,7 +77,10 @@ class Processor:
     async def _handle_locked(self, message) -> None:
         async with processing_lock:
             source_partition.set(message.partition)
-            await self._handle(message)
+            try:
+                await self._handle(message)
+            except Exception as exc:  # never skip a record: see transactions.fatal
+                fatal(f"handling {message.topic}[{message.partition}]@{message.offset}", exc)
             self.last_offsets[message.tp] = message.offset
 
     async def _handle(self, message) -> None:
@@ -149,11 +152,14 @@ class Processor:
             source_partition.set(partition)
             now = now_ms()
             keys = self.store.due(partition, now, limit)
-            for key in keys:
-                due, execution_id = parse_index_key(key)
-                stored = self.store.get(partition, state_key(execution_id))
-                decision = merge.sweep_entry(execution_id, due, stored, self.rules, now)
-                await self._apply(partition, decision)
+            try:
+                for key in keys:
+                    due, execution_id = parse_index_key(key)
+                    stored = self.store.get(partition, state_key(execution_id))
+                    decision = merge.sweep_entry(execution_id, due, stored, self.rules, now)
+                    await self._apply(partition, decision)
+            except Exception as exc:
+                fatal(f"sweeping partition {partition}", exc)
             self.counts["sweep_entries"] += len(keys)
             return len(keys)
 

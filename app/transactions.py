@@ -27,6 +27,7 @@ from __future__ import annotations
 import asyncio
 import contextvars
 import logging
+import os
 from collections import defaultdict
 from collections.abc import Mapping
 
@@ -41,6 +42,28 @@ source_partition: contextvars.ContextVar[int | None] = contextvars.ContextVar(
     "source_partition", default=None
 )
 processing_lock = asyncio.Lock()
+
+EXIT_FATAL = 70
+
+
+def fatal(what: str, exc: BaseException) -> None:
+    """Stop the process at once, as a kill would, without committing anything.
+
+    A record whose handling failed half-way has left part of its effects in the
+    open transaction; a graceful stop would commit them. Exiting aborts that
+    transaction (the next producer with its id fences it) and the next owner of
+    the partition handles the record again. The orchestrator restarts us.
+    """
+    log.critical("%s: %r; exiting without commit", what, exc, exc_info=exc)
+    logging.shutdown()
+    os._exit(EXIT_FATAL)
+
+
+async def _in_transaction(producer) -> None:
+    # Faust begins transactions at assignment and swallows failures there; a
+    # producer found outside a transaction is put back in one before use.
+    if not producer._txn_manager.is_in_transaction():
+        await producer.begin_transaction()
 
 
 class MergerTransactionManager(TransactionManager):
@@ -61,8 +84,13 @@ class MergerTransactionManager(TransactionManager):
     ):
         source = source_partition.get()
         p = source if source is not None else self.consumer.key_partition(topic, key, partition)
+        tid = self._tid(p)
+        producer = self.producer._transaction_producers.get(tid)
+        if producer is not None:
+            async with self.producer._trn_locks[tid]:
+                await _in_transaction(producer)
         return await self.producer.send(
-            topic, key, value, partition, timestamp, headers, transactional_id=self._tid(p)
+            topic, key, value, partition, timestamp, headers, transactional_id=tid
         )
 
     async def commit(self, offsets: Mapping[TP, int], start_new_transaction: bool = True) -> bool:
@@ -92,6 +120,7 @@ class MergerTransactionManager(TransactionManager):
                 continue
             try:
                 async with self.producer._trn_locks[tid]:
+                    await _in_transaction(producer)
                     if tp_offsets:
                         await producer.send_offsets_to_transaction(tp_offsets, group_id)
                     await producer.commit_transaction()
@@ -100,9 +129,9 @@ class MergerTransactionManager(TransactionManager):
                     if start_new_transaction:
                         await producer.begin_transaction()
             except ProducerFenced as exc:
-                log.error("producer for partition %d fenced: another worker owns it", partition)
-                await self.app.crash(exc)
-                return False
+                fatal(f"producer for partition {partition} fenced: another worker owns it", exc)
+            except Exception as exc:
+                fatal(f"commit of partition {partition} failed", exc)
         if self.store is not None:
             self.store.committed(committed)
         log.debug("committed partitions %s", committed)
