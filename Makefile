@@ -5,13 +5,14 @@ VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed-stamp
 
-.PHONY: run test test-unit lint format kafka-up kafka-down kafka-status jars clean help
+.PHONY: run test test-unit lint format chaos kafka-up kafka-down kafka-status jars clean help
 
 help:
 	@echo "make run         start a local broker if none answers, then the worker"
 	@echo "make test        every test, against a broker started for the session"
 	@echo "make test-unit   only the fast tests (no Kafka)"
 	@echo "make lint        ruff check and format check"
+	@echo "make chaos       kill/rebalance/wipe/broker-restart run, then the recovery figure"
 	@echo "make kafka-up / kafka-down   the local broker on its own"
 
 $(STAMP): pyproject.toml
@@ -39,6 +40,9 @@ lint: $(STAMP)
 format: $(STAMP)
 	$(VENV)/bin/ruff format .
 	$(VENV)/bin/ruff check --fix .
+
+chaos: jars
+	$(PY) -m chaos $(CHAOS_ARGS)
 
 kafka-up: jars
 	@$(PY) -m localkafka up

@@ -14,6 +14,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--seed", type=int, default=7)
     parser.add_argument("--kills", type=int, default=8)
     parser.add_argument("--produce-seconds", type=float, default=60.0)
+    parser.add_argument(
+        "--guarantee", choices=("exactly_once", "at_least_once"), default="exactly_once"
+    )
     parser.add_argument("--no-recovery", action="store_true", help="skip the recovery figure")
     parser.add_argument("--recovery-executions", type=int, default=100_000)
     args = parser.parse_args(argv)
@@ -22,6 +25,7 @@ def main(argv: list[str] | None = None) -> int:
         seed=args.seed,
         kills=args.kills,
         produce_seconds=args.produce_seconds,
+        guarantee=args.guarantee,
     )
     code = main_run(config)
     if not args.no_recovery:

@@ -44,6 +44,7 @@ class ChaosConfig:
     broker_restart: bool = True
     work_dir: Path = field(default_factory=lambda: localkafka.CACHE_DIR / "chaos")
     settle_timeout: float = 600.0
+    guarantee: str = "exactly_once"
 
 
 @dataclass
@@ -88,7 +89,10 @@ class Chaos:
     def worker(self, slot: int) -> WorkerProcess:
         while len(self.workers) <= slot:
             n = len(self.workers)
-            env = {"CAMELEER_STALE_AFTER": str(self.config.stale_after)}
+            env = {
+                "CAMELEER_STALE_AFTER": str(self.config.stale_after),
+                "CAMELEER_PROCESSING_GUARANTEE": self.config.guarantee,
+            }
             self.workers.append(
                 WorkerProcess(self.broker.bootstrap, self.topics, self.dir / f"w{n}", env)
             )
@@ -333,7 +337,7 @@ class Chaos:
             outputs = asyncio.run(self.read_topic(self.topics.output, timeout=120))
             dead = asyncio.run(self.read_topic(self.topics.dlq, timeout=60))
             say(f"read {len(outputs)} output and {len(dead)} DLQ records; verifying")
-            verdict = verify(workload, outputs, dead)
+            verdict = verify(workload, outputs, dead, cfg.guarantee == "exactly_once")
             for w in self.alive():
                 w.stop()
             if verdict.lost == verdict.duplicated == verdict.wrong == 0:
@@ -363,6 +367,8 @@ def table(verdict: Verdict, tally: Tally) -> str:
         ("duplicated", verdict.duplicated),
         ("wrong", verdict.wrong),
     ]
+    if verdict.repeated:
+        rows.append(("exact terminal repeats (at_least_once)", verdict.repeated))
     width = max(len(r[0]) for r in rows)
     lines = [
         f"| {'':{width}} | {'':>9} |".replace(" |", "-|").replace("| ", "|-").replace(" ", "-")
@@ -373,6 +379,7 @@ def table(verdict: Verdict, tally: Tally) -> str:
 
 
 def main_run(config: ChaosConfig) -> int:
+    print(f"processing guarantee: {config.guarantee}")
     verdict, tally = Chaos(config).run()
     print(table(verdict, tally))
     for problem in verdict.problems:
