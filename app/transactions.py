@@ -4,20 +4,24 @@ Faust's exactly_once mode already keeps one transactional producer per assigned
 partition (KIP-98 style fencing by transactional.id). What it does not do, and
 what this module adds:
 
+0. One transactional id per source partition, of our own naming (Faust's
+   depends on topic-group numbers that can change between assignments).
 1. Everything produced while handling a record of source partition p (output,
    DLQ, changelog, re-key records) goes through p's producer, whatever partition
    it is written to. Faust picks the producer by the destination partition,
    which splits one record's effects across transactions as soon as a record is
    re-keyed. `source_partition` (a context variable set by the processor) says
    which producer to use.
-2. A commit never cuts a record in half: the processor holds `processing_lock`
+2. A commit waits for every record of its transaction to be acknowledged, and
+   a failed send fails the commit: nothing is committed past a lost write.
+3. A commit never cuts a record in half: the processor holds `processing_lock`
    while it handles a record, and the commit takes the same lock, so a
    transaction holds every write of the records whose offsets it commits and
    none of a record it does not.
-3. Partitions with writes but no new offsets (the stale sweep) are committed too.
-4. Recovery after a rebalance reads the changelog up to the broker's last stable
+4. Partitions with writes but no new offsets (the stale sweep) are committed too.
+5. Recovery after a rebalance reads the changelog up to the broker's last stable
    offset (Faust used a cached value that is empty right after assignment).
-5. The local state follows the commit: `StateStore.committed()` after a commit,
+6. The local state follows the commit: `StateStore.committed()` after a commit,
    `StateStore.discard()` when a partition is revoked (its open transaction will
    be aborted by the fencing of the next owner).
 """
@@ -69,15 +73,46 @@ async def _in_transaction(producer) -> None:
 class MergerTransactionManager(TransactionManager):
     store = None  # the StateStore, set by the worker
     handled: dict = {}  # TopicPartition -> last offset fully handled, kept by the processor
-    source_topic: str = ""  # the raw topic: its topic group names the transactional ids
+    source_topics: frozenset[str] = frozenset()  # raw and re-key topics, set by the worker
 
     def __init__(self, *args, **kwargs) -> None:
         super().__init__(*args, **kwargs)
         self._committed: dict = {}  # TopicPartition -> offset committed by us
+        self._inflight: dict[int, list[asyncio.Future]] = defaultdict(list)
+        self._producers_lock = asyncio.Lock()
 
     def _tid(self, partition: int) -> str:
-        group = self.app.assignor.group_for_topic(self.source_topic)
-        return f"{self.app.conf.id}-{group}-{partition}"
+        # Our own naming, one id per source partition. Faust's names include its
+        # topic-group number, which is recomputed at each assignment and can change:
+        # records sent under one id and offsets committed under another split a
+        # transaction in two (seen in the chaos run: outputs aborted, offsets kept).
+        return f"{self.app.conf.id}-merge-{partition}"
+
+    def _tids(self, tps) -> set[str]:
+        return {self._tid(tp.partition) for tp in tps if tp.topic in self.source_topics}
+
+    async def on_rebalance(self, assigned, revoked, newly_assigned) -> None:
+        async with self._producers_lock:  # one rebalance at a time
+            keep = self._tids(assigned)
+            for tid in sorted(self._tids(revoked) - keep):
+                await self.producer.stop_transaction(tid)
+            for tid in sorted(keep):
+                await self._start_producer(tid)
+
+    async def _start_producer(self, tid: str) -> None:
+        # Faust's begin_transaction creates the producer before it has a lock: two
+        # callers at once make two producers for one id, the second fencing the
+        # first and aborting its transaction. Created once here, under a lock.
+        producers = self.producer._transaction_producers
+        producer = producers.get(tid)
+        if producer is None:
+            producer = self.producer._new_producer(transactional_id=tid)
+            await producer.start()
+            producers[tid] = producer
+            self.producer._trn_locks[tid] = asyncio.Lock()
+            log.info("transactional producer %s started", tid)
+        async with self.producer._trn_locks[tid]:
+            await _in_transaction(producer)
 
     async def send(
         self, topic, key, value, partition, timestamp, headers, *, transactional_id=None
@@ -89,9 +124,11 @@ class MergerTransactionManager(TransactionManager):
         if producer is not None:
             async with self.producer._trn_locks[tid]:
                 await _in_transaction(producer)
-        return await self.producer.send(
+        fut = await self.producer.send(
             topic, key, value, partition, timestamp, headers, transactional_id=tid
         )
+        self._inflight[p].append(fut)
+        return fut
 
     async def commit(self, offsets: Mapping[TP, int], start_new_transaction: bool = True) -> bool:
         # Faust's `offsets` (acked events) only trigger us: we commit the offsets of
@@ -112,13 +149,22 @@ class MergerTransactionManager(TransactionManager):
     async def _commit_locked(self, start_new_transaction: bool) -> bool:
         group_id = self.app.conf.id
         committed = []
-        for partition, tp_offsets in sorted(self._pending().items()):
+        pending = self._pending()
+        for partition in list(self._inflight):
+            pending.setdefault(partition, {})
+        for partition, tp_offsets in sorted(pending.items()):
             tid = self._tid(partition)
             producer = self.producer._transaction_producers.get(tid)
             if producer is None:
                 log.warning("no open transaction for partition %d (revoked?)", partition)
                 continue
             try:
+                # Every record of the transaction must be written before its offsets
+                # commit: a send that failed (broker restart, expired batch) must not
+                # be committed past. One failure aborts the whole transaction.
+                sent = self._inflight.pop(partition, [])
+                if sent:
+                    await asyncio.gather(*sent)
                 async with self.producer._trn_locks[tid]:
                     await _in_transaction(producer)
                     if tp_offsets:
@@ -135,6 +181,8 @@ class MergerTransactionManager(TransactionManager):
         if self.store is not None:
             self.store.committed(committed)
         log.debug("committed partitions %s", committed)
+        if os.environ.get("CAMELEER_TRACE_COMMITS"):
+            log.info("committed %s", {p: dict(pending[p]) for p in committed})
         return bool(committed)
 
     async def on_partitions_revoked(self, revoked) -> None:
@@ -149,6 +197,7 @@ class MergerTransactionManager(TransactionManager):
             for tp in revoked:
                 self.handled.pop(tp, None)
                 self._committed.pop(tp, None)
+                self._inflight.pop(tp.partition, None)
             if self.store is not None:  # anything left was not committed: it never happened
                 self.store.discard({tp.partition for tp in revoked})
 

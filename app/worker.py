@@ -75,7 +75,7 @@ def create_app(settings: Settings, layout: Layout) -> faust.App:
     )
     store = StateStore(held, transactional=settings.exactly_once)
     MergerTransactionManager.store = store
-    MergerTransactionManager.source_topic = settings.raw_topic
+    MergerTransactionManager.source_topics = frozenset({settings.raw_topic, rekey_name})
     registry = AgentRegistry(
         settings.bootstrap_servers, settings.agents_topic, layout.agents_partitions
     )

@@ -63,6 +63,7 @@ class WorkerProcess:
             **self.topics.env(),
             "CAMELEER_STATE_DIR": str(self.state_dir / "rocksdb"),
             "CAMELEER_WEB_PORT": str(self.web_port),
+            "PYTHONUNBUFFERED": "1",  # a SIGKILL must not take the last log lines with it
             **self.extra_env,
         }
         self.starts += 1

@@ -92,6 +92,7 @@ class Chaos:
             env = {
                 "CAMELEER_STALE_AFTER": str(self.config.stale_after),
                 "CAMELEER_PROCESSING_GUARANTEE": self.config.guarantee,
+                "CAMELEER_TRACE_COMMITS": "1",
             }
             self.workers.append(
                 WorkerProcess(self.broker.bootstrap, self.topics, self.dir / f"w{n}", env)
@@ -103,7 +104,15 @@ class Chaos:
 
     def start_worker(self, slot: int) -> None:
         others = len(self.alive())
-        self.worker(slot).start()
+        for attempt in range(3):
+            try:
+                self.worker(slot).start()
+                break
+            except RuntimeError as exc:  # it stopped itself while starting: a crash
+                say(f"worker {slot} exited while starting ({str(exc).splitlines()[0]}); again")
+                self.tally.crashes_restarted += 1
+                if attempt == 2:
+                    raise
         if others:
             self.tally.rebalances += 1
 
