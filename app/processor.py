@@ -82,7 +82,8 @@ class Processor:
             except Exception as exc:  # never skip a record: see transactions.fatal
                 fatal(f"handling {message.topic}[{message.partition}]@{message.offset}", exc)
             last = self.last_offsets.get(message.tp)
-            if last is not None and message.offset != last + 1 and message.topic != self.rekey_topic:
+            hole = last is not None and message.offset != last + 1
+            if hole and message.topic != self.rekey_topic:
                 # the raw topic has no transaction markers: a hole means skipped records
                 log.error("offset jump on %s: %d after %d", message.tp, message.offset, last)
             self.last_offsets[message.tp] = message.offset
