@@ -5,7 +5,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed-stamp
 
-.PHONY: run test test-unit lint format chaos kafka-up kafka-down kafka-status jars clean help
+.PHONY: run test test-unit lint format chaos bench kafka-up kafka-down kafka-status jars clean help
 
 help:
 	@echo "make run         start a local broker if none answers, then the worker"
@@ -13,6 +13,7 @@ help:
 	@echo "make test-unit   only the fast tests (no Kafka)"
 	@echo "make lint        ruff check and format check"
 	@echo "make chaos       kill/rebalance/wipe/broker-restart run, then the recovery figure"
+	@echo "make bench       throughput vs a passthrough ceiling, latency, RSS (BENCH_ARGS=...)"
 	@echo "make kafka-up / kafka-down   the local broker on its own"
 
 $(STAMP): pyproject.toml
@@ -43,6 +44,9 @@ format: $(STAMP)
 
 chaos: jars
 	$(PY) -m chaos $(CHAOS_ARGS)
+
+bench: jars
+	$(PY) -m bench $(BENCH_ARGS)
 
 kafka-up: jars
 	@$(PY) -m localkafka up
