@@ -1,0 +1,15 @@
+"""`make bench` / `python -m bench`: throughput, latency and memory of the merger.
+
+One run measures, against one broker (KAFKA_BOOTSTRAP_SERVERS if it answers, else a
+local one started for the run) and fresh topics per phase:
+
+- throughput: a seeded simulator workload is preloaded into a raw topic once, then
+  (a) a plain aiokafka consume-and-produce passthrough (the ceiling) and (b) the real
+  `cameleer-merger` process both read all of it; events/s of each and the ratio b/a;
+- latency: a producer at fixed rates, a read_committed consumer, produce-to-readable
+  percentiles of the merged records;
+- memory: the worker's peak RSS while holding N RUNNING executions.
+
+Every figure is printed, compared with its target, and written to
+`bench/results/bench-<timestamp>.json` with a PNG chart beside it.
+"""

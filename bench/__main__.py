@@ -1,0 +1,152 @@
+"""`make bench` / `python -m bench`: throughput vs a passthrough ceiling, latency at fixed
+rates, and the worker's RSS while holding RUNNING executions (see bench/__init__.py)."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import os
+import platform
+import shutil
+import sys
+import time
+import uuid
+
+from . import report
+from .common import (
+    WORK_DIR,
+    all_topics,
+    broker_for_run,
+    create_topics,
+    delete_topics,
+    fresh_topics,
+    say,
+)
+
+
+def parse(argv: list[str] | None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(prog="python -m bench", description=__doc__)
+    p.add_argument("--executions", type=int, default=200_000, help="throughput workload size")
+    p.add_argument("--seed", type=int, default=1)
+    only = p.add_mutually_exclusive_group()
+    only.add_argument("--latency-only", action="store_true")
+    only.add_argument("--throughput-only", action="store_true")
+    only.add_argument("--hold-only", action="store_true", help="only the RSS-while-holding check")
+    p.add_argument("--rates", default="1000,5000,10000", help="latency rates, events/s")
+    p.add_argument("--latency-seconds", type=float, default=20.0, help="measured, per rate")
+    p.add_argument("--warmup-seconds", type=float, default=5.0, help="excluded, per rate")
+    p.add_argument(
+        "--hold",
+        type=int,
+        default=1_000_000,
+        help="RUNNING executions held for the RSS check (0 skips it)",
+    )
+    p.add_argument(
+        "--profile",
+        action="store_true",
+        help="py-spy the worker for 20 s during the throughput run; hot spots in the report",
+    )
+    p.add_argument("--keep", action="store_true", help="keep the work folder and topics")
+    args = p.parse_args(argv)
+    args.rates = [int(r) for r in args.rates.split(",") if r.strip()]
+    return args
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse(argv)
+    do_throughput = not (args.latency_only or args.hold_only)
+    do_latency = not (args.throughput_only or args.hold_only)
+    do_hold = not (args.latency_only or args.throughput_only) and args.hold > 0
+    run_dir = WORK_DIR / uuid.uuid4().hex[:8]
+    run_dir.mkdir(parents=True, exist_ok=True)
+    result: dict = {
+        "started": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+        "args": {k: v for k, v in vars(args).items()},
+    }
+    try:
+        with broker_for_run(run_dir) as (bootstrap, where):
+            result["environment"] = {
+                "cpus": os.cpu_count(),
+                "loadavg": [round(x, 2) for x in os.getloadavg()],
+                "python": platform.python_version(),
+                "broker": where,
+                "guarantee": "exactly_once",
+            }
+            if do_throughput:
+                result["throughput"] = asyncio.run(throughput(bootstrap, args, run_dir))
+            if do_latency:
+                result["latency"] = asyncio.run(latency(bootstrap, args, run_dir))
+            if do_hold:
+                result["hold"] = asyncio.run(hold(bootstrap, args, run_dir))
+    finally:
+        if not args.keep:
+            shutil.rmtree(run_dir, ignore_errors=True)
+    result["finished"] = time.strftime("%Y-%m-%dT%H:%M:%S%z")
+    result["targets"] = report.targets(result)
+    print(report.text(result), flush=True)
+    json_path, png_path = report.write(result)
+    say(f"wrote {json_path} and {png_path}")
+    return 0
+
+
+async def throughput(bootstrap: str, args: argparse.Namespace, run_dir) -> dict:
+    from .preload import preload
+    from .throughput import ceiling, worker_run
+
+    topics = fresh_topics("tp")
+    sink = f"ceiling-{topics.raw}"
+    await create_topics(bootstrap, topics, extra=(sink,))
+    say(f"throughput: preloading {args.executions:,} executions into {topics.raw}")
+    try:
+        pre = await preload(bootstrap, topics, args.seed, args.executions)
+        say("throughput (a): the ceiling, a plain aiokafka consume-and-produce passthrough")
+        ceil = await ceiling(bootstrap, topics, sink, pre.records)
+        say("throughput (b): the worker (exactly_once), timed until its output is readable")
+        profile_to = None
+        if args.profile:
+            report.RESULTS_DIR.mkdir(parents=True, exist_ok=True)
+            profile_to = report.RESULTS_DIR / f"profile-{time.strftime('%Y%m%d-%H%M%S')}.txt"
+        work = await worker_run(bootstrap, topics, pre, run_dir / "tp-worker", profile_to)
+    finally:
+        if not args.keep:
+            await delete_topics(bootstrap, all_topics(topics, sink))
+    ratio = work["events_per_s"] / ceil["events_per_s"]
+    say(f"throughput ratio b/a = {ratio:.3f}")
+    return {
+        "seed": args.seed,
+        "preload": pre.as_dict(),
+        "ceiling": ceil,
+        "worker": work,
+        "ratio": ratio,
+    }
+
+
+async def latency(bootstrap: str, args: argparse.Namespace, run_dir) -> dict:
+    from .latency import latency as run
+
+    return await run(
+        bootstrap,
+        run_dir / "lat-worker",
+        args.rates,
+        args.latency_seconds,
+        args.warmup_seconds,
+        args.seed,
+        keep=args.keep,
+    )
+
+
+async def hold(bootstrap: str, args: argparse.Namespace, run_dir) -> dict:
+    from .hold import hold as run
+
+    topics = fresh_topics("hold")
+    await create_topics(bootstrap, topics)
+    say(f"memory: {args.hold:,} RUNNING executions for the worker to hold")
+    try:
+        return await run(bootstrap, topics, run_dir / "hold-worker", args.hold, args.seed)
+    finally:
+        if not args.keep:
+            await delete_topics(bootstrap, all_topics(topics))
+
+
+if __name__ == "__main__":
+    sys.exit(main())
