@@ -94,6 +94,14 @@ def create_app(settings: Settings, layout: Layout) -> faust.App:
         partitions=partitions,
     )
     MergerTransactionManager.handled = processor.last_offsets
+
+    async def committed_offset(tp) -> int | None:
+        # asked of the broker, on the consumer's own thread (aiokafka lives there)
+        thread = app.consumer._thread
+        consumer = thread._ensure_consumer()
+        return await thread.call_thread(consumer.committed, tp)
+
+    processor.committed_offset = committed_offset
     app.processor = processor  # for views and tests
     app.registry = registry
 

@@ -9,9 +9,10 @@ import pytest
 from chaos.run import Chaos, ChaosConfig, table
 
 # Open bug (see README, "Known gap"): after a worker restarts with a long state
-# recovery, Faust can resume a raw partition past its committed offset, and the
-# skipped records are lost. This run catches it in some runs, so it is opt-in
-# until that is fixed; `make chaos` runs the full harness.
+# recovery, Faust can resume a partition past its committed offset. Caught for the
+# raw topic (the worker stops and restarts), not yet for the re-key topic, so this
+# run still loses a record now and then: opt-in until fixed; `make chaos` runs
+# the full harness.
 pytestmark = pytest.mark.skipif(
     os.environ.get("CAMELEER_CHAOS_TEST") != "1",
     reason="opt-in (CAMELEER_CHAOS_TEST=1): open bug, consumer resumes past the committed offset",
