@@ -20,16 +20,7 @@ from .common import (
 )
 from .preload import producer
 
-RUNNING_ONLY = {
-    "stuck_share": 1.0,
-    "v2_share": 0.0,
-    "terminal_only_share": 0.0,
-    "duplicate_share": 0.0,
-    "late_running_share": 0.0,
-    "repeated_running_share": 0.0,
-    "unkeyed_share": 0.0,
-    "malformed_share": 0.0,
-}
+RUNNING_ONLY = simulator.only(stuck_share=1.0)
 
 
 async def preload_running(bootstrap: str, topics: Topics, seed: int, n: int) -> float:

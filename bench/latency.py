@@ -47,18 +47,7 @@ class Pool:
     fresh execution id each time (same length, so sizes stay the same)."""
 
     def __init__(self, seed: int) -> None:
-        work = simulator.generate(
-            seed,
-            POOL,
-            v2_share=0.10,
-            stuck_share=0.0,
-            terminal_only_share=0.0,
-            duplicate_share=0.0,
-            late_running_share=0.0,
-            repeated_running_share=0.0,
-            unkeyed_share=0.0,
-            malformed_share=0.0,
-        )
+        work = simulator.generate(seed, POOL, **simulator.only(v2_share=0.10))
         self.items = list(work.executions.values())
         self.n = 0
         self.rng = random.Random(seed)

@@ -105,18 +105,7 @@ def measure(held: int = 100_000, seed: int = 1) -> tuple[float, float]:
                 await admin.close()
 
         asyncio.run(prepare())
-        workload = simulator.iter_steps(
-            seed,
-            held,
-            stuck_share=1.0,
-            v2_share=0.0,
-            duplicate_share=0.0,
-            late_running_share=0.0,
-            repeated_running_share=0.0,
-            terminal_only_share=0.0,
-            unkeyed_share=0.0,
-            malformed_share=0.0,
-        )
+        workload = simulator.iter_steps(seed, held, **simulator.only(stuck_share=1.0))
         ids: list[str] = []
 
         def records():

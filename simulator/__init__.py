@@ -18,6 +18,7 @@ from .workload import (
     agent_registrations,
     generate,
     iter_steps,
+    only,
 )
 
 __all__ = [
@@ -33,4 +34,5 @@ __all__ = [
     "agent_registrations",
     "generate",
     "iter_steps",
+    "only",
 ]

@@ -214,6 +214,27 @@ class Workload:
         return [e for e in self.executions.values() if e.kind == kind]
 
 
+_ODDITIES = (
+    "v2_share",
+    "stuck_share",
+    "terminal_only_share",
+    "duplicate_share",
+    "late_running_share",
+    "repeated_running_share",
+    "unkeyed_share",
+    "malformed_share",
+)
+
+
+def only(**shares: float) -> dict[str, float]:
+    """Options with every kind share and oddity off but those given: `only(stuck_share=1.0)`
+    is a workload of stuck executions, `only(v2_share=0.1)` plain v1 with 10% v2."""
+    unknown = set(shares) - set(_ODDITIES)
+    if unknown:
+        raise TypeError(f"not a share option: {sorted(unknown)}")
+    return {name: 0.0 for name in _ODDITIES} | shares
+
+
 def generate(seed: int, executions: int, **options: Any) -> Workload:
     """All records of `executions` executions (plus malformed ones), in memory."""
     params = Params(**options)

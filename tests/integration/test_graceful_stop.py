@@ -35,7 +35,7 @@ def test_sigterm_mid_stream_loses_and_doubles_nothing(bootstrap, topics, worker,
                 )
                 if i % 50 == 49:
                     await producer.flush()  # paced: the worker is busy when SIGTERM comes
-                    await asyncio.sleep(0.02)
+                    await asyncio.sleep(0.02)  # load shape (agent pacing), not a wait
                 if i == EXECUTIONS // 2:
                     half_sent.set()
             await producer.flush()

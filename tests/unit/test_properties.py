@@ -703,3 +703,11 @@ def test_simulated_events_are_listed_in_production_order():
     for execution in workload.executions.values():
         places = [position[id(r)] for r in execution.events]
         assert places == sorted(places), execution.execution_id
+
+
+def test_only_turns_every_other_oddity_off():
+    workload = simulator.generate(5, 500, **simulator.only(stuck_share=1.0))
+    assert {e.kind for e in workload.executions.values()} == {simulator.Kind.V1_STUCK}
+    assert workload.malformed == []
+    with pytest.raises(TypeError):
+        simulator.only(agents=3)
