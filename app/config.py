@@ -52,6 +52,12 @@ OPTIONS = (
         "partitions of the raw topic when the worker has to create it",
     ),
     Option("CAMELEER_LOG_LEVEL", "--log-level", "info", "debug, info, warning or error"),
+    Option(
+        "CAMELEER_COMMIT_INTERVAL",
+        "--commit-interval",
+        "0.1",
+        "seconds between transaction commits (bounds the merged records' latency)",
+    ),
 )
 
 
@@ -71,6 +77,7 @@ class Settings:
     max_record_bytes: int
     raw_partitions: int
     log_level: str
+    commit_interval: float
 
     @property
     def exactly_once(self) -> bool:
@@ -111,11 +118,14 @@ class Settings:
                 max_record_bytes=int(raw["max_record_bytes"]),
                 raw_partitions=int(raw["raw_partitions"]),
                 log_level=level,
+                commit_interval=float(raw["commit_interval"]),
             )
         except ValueError as exc:
             raise ValueError(f"bad setting: {exc}") from None
         if settings.stale_after <= 0 or settings.dedupe_window <= 0:
             raise ValueError("CAMELEER_STALE_AFTER and CAMELEER_DEDUPE_WINDOW must be positive")
+        if settings.commit_interval <= 0:
+            raise ValueError("CAMELEER_COMMIT_INTERVAL must be positive")
         return settings
 
 

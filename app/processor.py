@@ -1,8 +1,8 @@
 """Glue between Kafka records and the pure merge rules: read state, decide, apply.
 
-`Processor.handle` runs inside the Faust agent for each record of the raw topic
-(and of the internal re-key topic); `sweep` runs from a timer for each
-partition this worker owns. Every decision comes from `app.merge`; this module
+`Processor.handle_batch` runs inside the Faust agent for each batch of records
+of the raw topic (and of the internal re-key topic); `sweep` runs from a timer
+for each partition this worker owns. Every decision comes from `app.merge`; this module
 only moves bytes and counts.
 """
 
@@ -18,8 +18,9 @@ from aiokafka.partitioner import murmur2
 from . import merge
 from .heldstate import Source, parse_index_key, state_key
 from .merge import DeadLetter, Decision, Rejected, Rules
+from .outbox import Outbox
 from .statestore import StateStore
-from .transactions import fatal, processing_lock, source_partition
+from .transactions import fatal, processing_lock
 
 log = logging.getLogger(__name__)
 
@@ -48,39 +49,40 @@ class Processor:
         self,
         rules: Rules,
         store: StateStore,
+        outbox: Outbox,
         *,
-        output,
-        dlq,
-        rekey,
+        output_topic: str,
+        dlq_topic: str,
+        rekey_topic: str,
         registry,
         partitions: int,
     ) -> None:
         self.rules = rules
         self.store = store
-        self.output = output
-        self.dlq = dlq
-        self.rekey = rekey
-        self.rekey_topic = rekey.get_topic_name()
+        self.outbox = outbox
+        self.output_topic = output_topic
+        self.dlq_topic = dlq_topic
+        self.rekey_topic = rekey_topic
         self.registry = registry
         self.partitions = partitions
         self.counts: Counter[str] = Counter()
         self.last_offsets: dict = {}  # TopicPartition -> last offset handled
         self.committed_offset = None  # async tp -> the group's committed offset; set by the worker
 
-    async def handle(self, message) -> None:
-        """One record, all or nothing: a commit never sees half of its effects.
+    async def handle_batch(self, messages: list) -> None:
+        """A batch of records, each all or nothing: a commit never sees half of a record.
 
         Shielded, so a stopping agent cannot cut it in half either; the commit
-        (which takes the same lock) then includes it, with its offset.
+        (which takes the same lock) then includes it, with its offsets.
         """
-        await asyncio.shield(self._handle_locked(message))
+        await asyncio.shield(self._handle_batch_locked(messages))
 
     async def _check_resume(self, message) -> None:
         """The first record of a raw partition after an assignment must be the one at
-        the group's committed offset (the raw topic has no transaction markers). Chaos
-        runs caught Faust resuming past it after a long state recovery: handling this
-        record would commit past the skipped ones, so stop instead (nothing committed;
-        the restart resumes at the committed offset)."""
+        the group's committed offset (the raw topic has no transaction markers). A
+        skip would commit past the skipped records: stop instead (nothing committed;
+        the restart resumes at the committed offset). A safety net behind
+        MergerConsumer.perform_seek."""
         committed = await self.committed_offset(message.tp)
         log.info("%s resumes at %d (committed %s)", message.tp, message.offset, committed)
         if committed is not None and message.offset > committed:
@@ -89,27 +91,31 @@ class Processor:
                 RuntimeError(f"offset {message.offset} read where {committed} was due"),
             )
 
-    async def _handle_locked(self, message) -> None:
+    async def _handle_batch_locked(self, messages: list) -> None:
         async with processing_lock:
-            source_partition.set(message.partition)
-            if message.tp not in self.last_offsets and message.topic != self.rekey_topic:
-                await self._check_resume(message)
-            try:
-                await self._handle(message)
-            except Exception as exc:  # never skip a record: see transactions.fatal
-                fatal(f"handling {message.topic}[{message.partition}]@{message.offset}", exc)
-            last = self.last_offsets.get(message.tp)
-            hole = last is not None and message.offset != last + 1
-            if hole and message.topic != self.rekey_topic:
-                # the raw topic has no transaction markers: a hole means skipped records
-                log.error("offset jump on %s: %d after %d", message.tp, message.offset, last)
-            self.last_offsets[message.tp] = message.offset
+            for message in messages:
+                last = self.last_offsets.get(message.tp)
+                if last is None and message.topic != self.rekey_topic:
+                    await self._check_resume(message)
+                try:
+                    await self._handle(message)
+                except Exception as exc:  # never skip a record: see transactions.fatal
+                    fatal(f"handling {message.topic}[{message.partition}]@{message.offset}", exc)
+                hole = last is not None and message.offset != last + 1
+                if hole and message.topic != self.rekey_topic:
+                    # the raw topic has no transaction markers: a hole means skipped records
+                    log.error("offset jump on %s: %d after %d", message.tp, message.offset, last)
+                self.last_offsets[message.tp] = message.offset
+            if not self.outbox.transactional:
+                await self.outbox.flush()
 
     async def _handle(self, message) -> None:
         source = self._source(message)
         parsed = merge.classify(source)
         if isinstance(parsed, Rejected):
-            await self._dead(DeadLetter(parsed.reason, parsed.detail, parsed.source))
+            await self._dead(
+                message.partition, DeadLetter(parsed.reason, parsed.detail, parsed.source)
+            )
             return
         key = parsed.execution_id.encode()
         if merge.protocol_of(parsed, self.registry.versions) == 2:
@@ -118,7 +124,7 @@ class Processor:
         if message.key != key and message.topic != self.rekey_topic:
             # Its partner may be on another partition: move it to where its
             # execution_id hashes, through the internal re-key topic.
-            await self._forward(source, key)
+            await self._forward(message.partition, source, key)
             return
         stored = self.store.get(message.partition, state_key(parsed.execution_id))
         decision = merge.decide(parsed, stored, self.rules, now_ms())
@@ -148,7 +154,7 @@ class Processor:
             tuple((k, v) for k, v in headers if k not in REKEY_HEADERS),
         )
 
-    async def _forward(self, source: Source, key: bytes) -> None:
+    async def _forward(self, txn: int, source: Source, key: bytes) -> None:
         headers = [
             *source.headers,
             ("cameleer-rekey-topic", source.topic.encode()),
@@ -158,20 +164,20 @@ class Processor:
         ]
         if source.key is not None:
             headers.append(("cameleer-rekey-key", source.key))
-        await self.rekey.send(
-            key=key,
-            value=source.value,
+        await self.outbox.send(
+            txn,
+            self.rekey_topic,
+            key,
+            source.value,
+            headers,
             partition=partition_for(key, self.partitions),
-            timestamp=source.timestamp_ms / 1000.0,
-            headers=headers,
-            force=True,
+            timestamp_ms=source.timestamp_ms,
         )
         self.counts["rekeyed"] += 1
 
     async def sweep(self, partition: int, limit: int = 10_000) -> int:
         """Flush due stale RUNNINGs and expire due markers of one partition."""
         async with processing_lock:
-            source_partition.set(partition)
             now = now_ms()
             keys = self.store.due(partition, now, limit)
             try:
@@ -180,6 +186,8 @@ class Processor:
                     stored = self.store.get(partition, state_key(execution_id))
                     decision = merge.sweep_entry(execution_id, due, stored, self.rules, now)
                     await self._apply(partition, decision)
+                if not self.outbox.transactional:
+                    await self.outbox.flush()
             except Exception as exc:
                 fatal(f"sweeping partition {partition}", exc)
             self.counts["sweep_entries"] += len(keys)
@@ -187,16 +195,16 @@ class Processor:
 
     async def _apply(self, partition: int, decision: Decision) -> None:
         if decision.writes:
-            await self.store.apply(partition, decision.writes)
+            self.store.apply(partition, decision.writes)
         for out in decision.outputs:
             headers = [*out.headers, (ORIGIN, out.origin.encode())]
-            await self.output.send(key=out.key, value=out.value, headers=headers, force=True)
+            await self.outbox.send(partition, self.output_topic, out.key, out.value, headers)
         for dead in decision.dead:
-            await self._dead(dead)
+            await self._dead(partition, dead)
         if decision.counter:
             self.counts[decision.counter] += 1
 
-    async def _dead(self, dead: DeadLetter) -> None:
+    async def _dead(self, txn: int, dead: DeadLetter) -> None:
         src = dead.source
         headers = [
             *src.headers,
@@ -207,7 +215,7 @@ class Processor:
             ("cameleer-source-offset", str(src.offset).encode()),
             ("cameleer-source-timestamp", str(src.timestamp_ms).encode()),
         ]
-        await self.dlq.send(key=src.key, value=src.value, headers=headers, force=True)
+        await self.outbox.send(txn, self.dlq_topic, src.key, src.value, headers)
         self.counts[f"dlq_{dead.reason}"] += 1
         log.warning(
             "dead letter %s: %s (%s[%d]@%d)",

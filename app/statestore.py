@@ -2,9 +2,10 @@
 
 Exactly-once needs the local store to hold only what Kafka committed. Writes
 made while a partition's transaction is open go to an in-memory overlay (reads
-see it first) and are sent to the changelog inside that transaction; only when
-the transaction has committed are they written to RocksDB, in one write batch
-with the changelog offset they reach. A worker killed at any moment therefore
+see it first); the commit sends the overlay to the changelog inside that
+transaction (the last value of each key only), and only when the transaction
+has committed are they written to RocksDB, in one write batch with the
+changelog offset they reach. A worker killed at any moment therefore
 restarts from a RocksDB that matches a committed changelog offset, and Faust's
 recovery replays the committed changelog from there (read_committed): nothing
 from an aborted transaction survives. The pattern is Kafka Streams' and Quix
@@ -45,7 +46,7 @@ class StateStore:
                 return value
         return self._db(partition).get(key)
 
-    async def apply(self, partition: int, writes: dict[bytes, bytes | None]) -> None:
+    def apply(self, partition: int, writes: dict[bytes, bytes | None]) -> None:
         if not self.transactional:
             db = self._db(partition)
             for key, value in writes.items():
@@ -55,12 +56,19 @@ class StateStore:
                     db.put(key, value)
                 self.table.send_changelog(partition, key, value)
             return
+        # Sent to the changelog at commit (send_changelog): one record per key and
+        # transaction, however often the key changed in between.
         self._overlay.setdefault(partition, {}).update(writes)
-        changelog = self.table.changelog_topic
-        for key, value in writes.items():
-            # awaited: the record is in the producer's open transaction when this returns
-            fut = await changelog.send(key=key, value=value, partition=partition, force=True)
-            self._last_sent[partition] = fut
+
+    async def send_changelog(self, partition: int, send) -> None:
+        """Put this partition's uncommitted writes in its open transaction, last value per key.
+
+        `send(topic, key, value, partition)` is the transaction's producer send; it
+        returns the record's delivery future, awaited by the commit.
+        """
+        topic = self.table.changelog_topic.get_topic_name()
+        for key, value in self._overlay.get(partition, {}).items():
+            self._last_sent[partition] = await send(topic, key, value, partition)
 
     def due(self, partition: int, now_ms: int, limit: int) -> list[bytes]:
         """Index keys due at now_ms, oldest first; reads only those, never the whole store."""

@@ -8,10 +8,9 @@ what this module adds:
    depends on topic-group numbers that can change between assignments).
 1. Everything produced while handling a record of source partition p (output,
    DLQ, changelog, re-key records) goes through p's producer, whatever partition
-   it is written to. Faust picks the producer by the destination partition,
-   which splits one record's effects across transactions as soon as a record is
-   re-keyed. `source_partition` (a context variable set by the processor) says
-   which producer to use.
+   it is written to (`send_record`, straight to aiokafka). Faust picks the
+   producer by the destination partition, which splits one record's effects
+   across transactions as soon as a record is re-keyed.
 2. A commit waits for every record of its transaction to be acknowledged, and
    a failed send fails the commit: nothing is committed past a lost write.
 3. A commit never cuts a record in half: the processor holds `processing_lock`
@@ -29,7 +28,6 @@ what this module adds:
 from __future__ import annotations
 
 import asyncio
-import contextvars
 import logging
 import os
 from collections import defaultdict
@@ -42,9 +40,6 @@ from faust.types import TP
 
 log = logging.getLogger(__name__)
 
-source_partition: contextvars.ContextVar[int | None] = contextvars.ContextVar(
-    "source_partition", default=None
-)
 processing_lock = asyncio.Lock()
 
 EXIT_FATAL = 70
@@ -117,8 +112,9 @@ class MergerTransactionManager(TransactionManager):
     async def send(
         self, topic, key, value, partition, timestamp, headers, *, transactional_id=None
     ):
-        source = source_partition.get()
-        p = source if source is not None else self.consumer.key_partition(topic, key, partition)
+        # Faust's own sends (our records go through send_record): into the
+        # transaction of the partition they are written to.
+        p = self.consumer.key_partition(topic, key, partition)
         tid = self._tid(p)
         producer = self.producer._transaction_producers.get(tid)
         if producer is not None:
@@ -128,6 +124,39 @@ class MergerTransactionManager(TransactionManager):
             topic, key, value, partition, timestamp, headers, transactional_id=tid
         )
         self._inflight[p].append(fut)
+        return fut
+
+    async def send_record(
+        self,
+        source: int,
+        topic: str,
+        key: bytes | None,
+        value: bytes | None,
+        partition: int | None = None,
+        headers=None,
+        timestamp_ms: int | None = None,
+    ) -> asyncio.Future:
+        """The hot path: one record into source partition `source`'s open transaction.
+
+        Straight to its aiokafka producer (Faust's Topic.send costs more than the
+        merge itself); returns the delivery future, which the commit awaits.
+        """
+        tid = self._tid(source)
+        producer = self.producer._transaction_producers.get(tid)
+        if producer is None:  # the partition was revoked under us: nothing may be sent for it
+            raise RuntimeError(f"no transaction for source partition {source}")
+        if not producer._txn_manager.is_in_transaction():
+            async with self.producer._trn_locks[tid]:
+                await _in_transaction(producer)
+        fut = await producer.send(
+            topic,
+            value=value,
+            key=key,
+            partition=partition,
+            timestamp_ms=timestamp_ms,
+            headers=headers,
+        )
+        self._inflight[source].append(fut)
         return fut
 
     async def commit(self, offsets: Mapping[TP, int], start_new_transaction: bool = True) -> bool:
@@ -144,46 +173,65 @@ class MergerTransactionManager(TransactionManager):
         if self.store is not None:
             for partition in self.store.dirty_partitions():
                 by_partition.setdefault(partition, {})
+        for partition in self._inflight:
+            by_partition.setdefault(partition, {})
         return by_partition
 
     async def _commit_locked(self, start_new_transaction: bool) -> bool:
-        group_id = self.app.conf.id
-        committed = []
         pending = self._pending()
-        for partition in list(self._inflight):
-            pending.setdefault(partition, {})
-        for partition, tp_offsets in sorted(pending.items()):
-            tid = self._tid(partition)
-            producer = self.producer._transaction_producers.get(tid)
-            if producer is None:
-                log.warning("no open transaction for partition %d (revoked?)", partition)
-                continue
-            try:
+        # Each partition is its own transaction: commit them side by side, so a
+        # commit costs one round of broker round trips, not one per partition.
+        done = await asyncio.gather(
+            *(
+                self._commit_partition(partition, tp_offsets, start_new_transaction)
+                for partition, tp_offsets in sorted(pending.items())
+            )
+        )
+        committed = [p for p, ok in zip(sorted(pending), done, strict=True) if ok]
+        if self.store is not None:
+            self.store.committed(committed)
+        if os.environ.get("CAMELEER_TRACE_COMMITS"):
+            log.info("committed %s", {p: dict(pending[p]) for p in committed})
+        return bool(committed)
+
+    async def _commit_partition(
+        self, partition: int, tp_offsets: dict[TP, int], start_new_transaction: bool
+    ) -> bool:
+        tid = self._tid(partition)
+        producer = self.producer._transaction_producers.get(tid)
+        if producer is None:
+            log.warning("no open transaction for partition %d (revoked?)", partition)
+            return False
+        try:
+            async with self.producer._trn_locks[tid]:
+                await _in_transaction(producer)
+                if self.store is not None:
+                    await self.store.send_changelog(
+                        partition, lambda t, k, v, p: self._send_changelog(producer, t, k, v, p)
+                    )
                 # Every record of the transaction must be written before its offsets
                 # commit: a send that failed (broker restart, expired batch) must not
                 # be committed past. One failure aborts the whole transaction.
                 sent = self._inflight.pop(partition, [])
                 if sent:
                     await asyncio.gather(*sent)
-                async with self.producer._trn_locks[tid]:
-                    await _in_transaction(producer)
-                    if tp_offsets:
-                        await producer.send_offsets_to_transaction(tp_offsets, group_id)
-                    await producer.commit_transaction()
-                    committed.append(partition)
-                    self._committed.update(tp_offsets)
-                    if start_new_transaction:
-                        await producer.begin_transaction()
-            except ProducerFenced as exc:
-                fatal(f"producer for partition {partition} fenced: another worker owns it", exc)
-            except Exception as exc:
-                fatal(f"commit of partition {partition} failed", exc)
-        if self.store is not None:
-            self.store.committed(committed)
-        log.debug("committed partitions %s", committed)
-        if os.environ.get("CAMELEER_TRACE_COMMITS"):
-            log.info("committed %s", {p: dict(pending[p]) for p in committed})
-        return bool(committed)
+                if tp_offsets:
+                    await producer.send_offsets_to_transaction(tp_offsets, self.app.conf.id)
+                await producer.commit_transaction()
+                self._committed.update(tp_offsets)
+                if start_new_transaction:
+                    await producer.begin_transaction()
+            return True
+        except ProducerFenced as exc:
+            fatal(f"producer for partition {partition} fenced: another worker owns it", exc)
+        except Exception as exc:
+            fatal(f"commit of partition {partition} failed", exc)
+        return False
+
+    async def _send_changelog(self, producer, topic, key, value, partition) -> asyncio.Future:
+        fut = await producer.send(topic, value=value, key=key, partition=partition)
+        self._inflight[partition].append(fut)
+        return fut
 
     async def on_partitions_revoked(self, revoked) -> None:
         # Commit what was handled while the producers still own their partitions.
@@ -220,6 +268,35 @@ class MergerConsumerThread(AIOKafkaConsumerThread):
 class MergerConsumer(Consumer):
     def _new_consumer_thread(self):
         return MergerConsumerThread(self, loop=self.loop, beacon=self.beacon)
+
+    async def perform_seek(self) -> None:
+        """Seek every assigned partition to the group's committed offset, also when there is none.
+
+        Faust clears its stream buffers at a rebalance and relies on this seek to read
+        the dropped records again. aiokafka's seek_to_committed only seeks partitions
+        whose committed offset is above 0: a source partition nobody committed yet
+        (the re-key topic, early on) kept its fetch position, and the records dropped
+        from the buffers were never read (chaos seed 12: executions lost through the
+        re-key topic). Those partitions go back to their first offset, as
+        auto_offset_reset=earliest promises.
+        """
+        committed = await self.seek_to_committed()
+        sources = MergerTransactionManager.source_topics
+        unset = sorted(tp for tp, offset in committed.items() if not offset and tp.topic in sources)
+        if unset:
+            await self._thread.seek_to_beginning(*unset)
+        self._read_offset.update(
+            {tp: offset if offset else None for tp, offset in committed.items()}
+        )
+        self._committed_offset.update({tp: offset for tp, offset in committed.items() if offset})
+        log.info(
+            "source partitions resume at %s",
+            {
+                f"{tp.topic}[{tp.partition}]": committed[tp] or 0
+                for tp in sorted(committed)
+                if tp.topic in sources
+            },
+        )
 
 
 class MergerTransport(Transport):

@@ -12,6 +12,7 @@ from faust.web import Request, Response, View
 
 from .config import Settings
 from .merge import Rules
+from .outbox import Outbox
 from .processor import Processor
 from .registry import AgentRegistry
 from .statestore import StateStore
@@ -22,6 +23,22 @@ log = logging.getLogger(__name__)
 
 SWEEP_INTERVAL = 1.0  # seconds between stale/expiry sweeps of each owned partition
 RAW = "raw"
+
+# The hot path's batching, chosen with `make bench` (README, "Performance"):
+BATCH_MAX = 1000  # records handled under one lock acquisition
+BATCH_WITHIN = 0.01  # seconds a partial batch waits for more records
+PRODUCER_LINGER = 0.05  # seconds a produce batch waits to fill
+PRODUCER_BATCH_BYTES = 256 * 1024  # per-partition produce batch
+# RocksDB per partition of the held table: small memtables and cache keep the
+# worker's memory bounded however many executions it holds (Faust's defaults
+# are 64 MB x 3 memtables and a 2 GB cache per partition).
+ROCKSDB_OPTIONS = {
+    "write_buffer_size": 8 * 1024**2,
+    "max_write_buffer_number": 2,
+    "target_file_size_base": 16 * 1024**2,
+    "block_cache_size": 8 * 1024**2,
+    "block_cache_compressed_size": 0,
+}
 
 
 class MergerApp(faust.App):
@@ -55,6 +72,11 @@ def create_app(settings: Settings, layout: Layout) -> faust.App:
         consumer_auto_offset_reset="earliest",
         table_cleanup_interval=3600.0,
         producer_acks=-1,
+        producer_linger=PRODUCER_LINGER,
+        producer_max_batch_size=PRODUCER_BATCH_BYTES,
+        # A read_committed reader sees a record when its transaction commits: the
+        # commit interval bounds the latency from below (Faust's default: 2.8 s).
+        broker_commit_interval=settings.commit_interval,
         # A killed worker's partitions move after 10 s, not Faust's default 60 s.
         broker_session_timeout=10.0,
         broker_heartbeat_interval=2.0,
@@ -71,7 +93,7 @@ def create_app(settings: Settings, layout: Layout) -> faust.App:
         partitions=partitions,
         key_type=bytes,
         value_type=bytes,
-        options={"driver": "rocksdict"},
+        options={"driver": "rocksdict", **ROCKSDB_OPTIONS},
     )
     store = StateStore(held, transactional=settings.exactly_once)
     MergerTransactionManager.store = store
@@ -84,12 +106,15 @@ def create_app(settings: Settings, layout: Layout) -> faust.App:
         dedupe_window_ms=int(settings.dedupe_window * 1000),
         max_record_bytes=settings.max_record_bytes,
     )
+    for name in (settings.output_topic, settings.dlq_topic):
+        topic(name)  # declared, so Faust knows them (sends go straight to aiokafka)
     processor = Processor(
         rules,
         store,
-        output=topic(settings.output_topic),
-        dlq=topic(settings.dlq_topic),
-        rekey=topic(rekey_name),
+        Outbox(app, transactional=settings.exactly_once),
+        output_topic=settings.output_topic,
+        dlq_topic=settings.dlq_topic,
+        rekey_topic=rekey_name,
         registry=registry,
         partitions=partitions,
     )
@@ -112,8 +137,8 @@ def create_app(settings: Settings, layout: Layout) -> faust.App:
     @app.agent(sources, name="merge")
     async def merge_records(stream):
         await registry.ready.wait()  # a v2 agent's records must not be read as v1
-        async for event in stream.events():
-            await processor.handle(event.message)
+        async for events in stream.take_events(BATCH_MAX, within=BATCH_WITHIN):
+            await processor.handle_batch([event.message for event in events])
 
     def caught_up(tp) -> bool:
         # at_least_once: a partition that changed hands may hold state older than

@@ -111,6 +111,17 @@ class WorkerProcess:
         stats = self.stats()
         return stats["counts"] if stats else {}
 
+    def exit_reason(self) -> str:
+        """Why the worker stopped by itself: its first CRITICAL line, else its last line."""
+        try:
+            lines = self.log_path.read_text(errors="replace").splitlines()
+        except OSError:
+            return "(no log)"
+        critical = [line for line in lines if "[CRITICAL]" in line]
+        return (critical or [line for line in lines if line.strip()] or ["(empty log)"])[
+            0 if critical else -1
+        ]
+
     def log_tail(self, lines: int = 60) -> str:
         try:
             return "\n".join(self.log_path.read_text(errors="replace").splitlines()[-lines:])

@@ -109,7 +109,8 @@ class Chaos:
                 self.worker(slot).start()
                 break
             except RuntimeError as exc:  # it stopped itself while starting: a crash
-                say(f"worker {slot} exited while starting ({str(exc).splitlines()[0]}); again")
+                reason = self.worker(slot).exit_reason()
+                say(f"worker {slot} exited while starting ({exc.args[0][:40]}...): {reason}; again")
                 self.tally.crashes_restarted += 1
                 if attempt == 2:
                     raise
@@ -121,7 +122,8 @@ class Chaos:
         for slot in wanted:
             w = self.worker(slot)
             if not w.alive:
-                say(f"worker {slot} exited by itself (code {w.process.returncode}); restarting")
+                code = w.process.returncode
+                say(f"worker {slot} exited by itself (code {code}): {w.exit_reason()}; restarting")
                 self.tally.crashes_restarted += 1
                 self.start_worker(slot)
 

@@ -239,11 +239,13 @@ def test_a_valid_registration_is_one_the_worker_takes(agent_id, version):
 
 
 class Sink:
+    """An outbox that keeps what the processor sends."""
+
     def __init__(self) -> None:
         self.sent: list[dict] = []
 
-    async def send(self, **kwargs) -> None:
-        self.sent.append(kwargs)
+    async def send(self, source, topic, key, value, headers, **kwargs) -> None:
+        self.sent.append({"topic": topic, "key": key, "value": value, "headers": headers})
 
 
 def headers_object(headers) -> dict[str, str | None]:
@@ -296,8 +298,8 @@ TRACE = ("traceparent", b"00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-0
 def dead_letter_record(dead: merge.DeadLetter) -> dict:
     """The DLQ record the processor really sends for `dead` (its header code, not a copy)."""
     sink = Sink()
-    stub = SimpleNamespace(dlq=sink, counts=Counter())
-    asyncio.run(Processor._dead(stub, dead))
+    stub = SimpleNamespace(outbox=sink, dlq_topic="dlq", counts=Counter())
+    asyncio.run(Processor._dead(stub, 0, dead))
     [record] = sink.sent
     return record
 

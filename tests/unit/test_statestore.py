@@ -36,10 +36,16 @@ class CountingDB:
 
 
 class Changelog:
+    """The changelog topic and the transaction's send, recording what was sent."""
+
     def __init__(self) -> None:
         self.sent: list[tuple[bytes, bytes | None, int]] = []
 
-    async def send(self, key, value, partition, force):
+    def get_topic_name(self) -> str:
+        return "held-changelog"
+
+    async def send(self, topic, key, value, partition):
+        assert topic == "held-changelog"
         self.sent.append((key, value, partition))
         fut = asyncio.get_running_loop().create_future()
         fut.set_result(SimpleNamespace(offset=len(self.sent) - 1))
@@ -57,7 +63,7 @@ def store_over(db: CountingDB, transactional: bool = True) -> tuple[StateStore, 
     changelog = Changelog()
     table = SimpleNamespace(
         data=SimpleNamespace(_db_for_partition=lambda p: db, offset_key=OFFSET_KEY),
-        changelog_topic=changelog,
+        changelog_topic=changelog,  # only its name is used
     )
     return StateStore(table, transactional=transactional), changelog
 
@@ -88,14 +94,15 @@ def test_a_sweep_reads_only_the_due_entries_of_100k_held_executions(db):
 def test_writes_stay_in_the_overlay_until_the_transaction_commits(db):
     store, changelog = store_over(db)
 
-    async def write():
-        await store.apply(0, {b"ea": b"1", index_key(5, "a"): b""})
-
-    asyncio.run(write())
+    store.apply(0, {b"ea": b"0", index_key(5, "a"): b""})
+    store.apply(0, {b"ea": b"1"})
     assert store.get(0, b"ea") == b"1"  # reads see the open transaction
     assert db.db.get(b"ea") is None  # RocksDB does not, yet
-    assert [k for k, _, _ in changelog.sent] == [b"ea", index_key(5, "a")]
+    assert changelog.sent == []  # nothing is sent before the commit
     assert store.due(0, 10, 100) == [index_key(5, "a")]
+    asyncio.run(store.send_changelog(0, changelog.send))
+    # one record per key, its last value, in the partition's transaction
+    assert changelog.sent == [(b"ea", b"1", 0), (index_key(5, "a"), b"", 0)]
     store.committed([0])
     assert db.db.get(b"ea") == b"1"
     assert db.db.get(OFFSET_KEY) == b"1"  # the changelog offset the state reaches
@@ -105,7 +112,7 @@ def test_writes_stay_in_the_overlay_until_the_transaction_commits(db):
 def test_an_aborted_transaction_leaves_rocksdb_as_it_was(db):
     db.db[b"ea"] = b"committed"
     store, _ = store_over(db)
-    asyncio.run(store.apply(0, {b"ea": None, b"eb": b"new"}))
+    store.apply(0, {b"ea": None, b"eb": b"new"})
     assert store.get(0, b"ea") is None and store.get(0, b"eb") == b"new"
     store.discard([0])
     assert store.get(0, b"ea") == b"committed" and store.get(0, b"eb") is None
@@ -115,7 +122,7 @@ def test_a_deleted_index_entry_in_the_overlay_hides_the_stored_one(db):
     db.db[index_key(5, "a")] = b""
     db.db[index_key(6, "b")] = b""
     store, _ = store_over(db)
-    asyncio.run(store.apply(0, {index_key(5, "a"): None, index_key(4, "c"): b""}))
+    store.apply(0, {index_key(5, "a"): None, index_key(4, "c"): b""})
     assert store.due(0, 10, 100) == [index_key(4, "c"), index_key(6, "b")]
 
 
@@ -123,5 +130,5 @@ def test_at_least_once_writes_go_straight_to_rocksdb(db):
     sent = []
     store, _ = store_over(db, transactional=False)
     store.table.send_changelog = lambda p, k, v: sent.append((p, k, v))
-    asyncio.run(store.apply(0, {b"ea": b"1"}))
+    store.apply(0, {b"ea": b"1"})
     assert db.db.get(b"ea") == b"1" and sent == [(0, b"ea", b"1")]
