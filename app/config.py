@@ -58,6 +58,14 @@ OPTIONS = (
         "0.1",
         "seconds between transaction commits (bounds the merged records' latency)",
     ),
+    Option("CAMELEER_BATCH_MAX", "--batch-max", "1000", "raw records handled per batch"),
+    Option("CAMELEER_LINGER_MS", "--linger-ms", "50", "producer linger.ms of the output"),
+    Option(
+        "CAMELEER_COMPRESSION",
+        "--compression",
+        "none",
+        "producer compression: none or gzip",
+    ),
 )
 
 
@@ -78,6 +86,9 @@ class Settings:
     raw_partitions: int
     log_level: str
     commit_interval: float
+    batch_max: int
+    linger_ms: int
+    compression: str
 
     @property
     def exactly_once(self) -> bool:
@@ -119,6 +130,9 @@ class Settings:
                 raw_partitions=int(raw["raw_partitions"]),
                 log_level=level,
                 commit_interval=float(raw["commit_interval"]),
+                batch_max=int(raw["batch_max"]),
+                linger_ms=int(raw["linger_ms"]),
+                compression=raw["compression"].strip().lower(),
             )
         except ValueError as exc:
             raise ValueError(f"bad setting: {exc}") from None
@@ -126,6 +140,12 @@ class Settings:
             raise ValueError("CAMELEER_STALE_AFTER and CAMELEER_DEDUPE_WINDOW must be positive")
         if settings.commit_interval <= 0:
             raise ValueError("CAMELEER_COMMIT_INTERVAL must be positive")
+        if settings.batch_max < 1 or settings.linger_ms < 0:
+            raise ValueError("CAMELEER_BATCH_MAX must be at least 1, CAMELEER_LINGER_MS at least 0")
+        if settings.compression not in ("none", "gzip"):
+            raise ValueError(
+                f"CAMELEER_COMPRESSION must be none or gzip, not {settings.compression!r}"
+            )
         return settings
 
 

@@ -24,10 +24,9 @@ log = logging.getLogger(__name__)
 SWEEP_INTERVAL = 1.0  # seconds between stale/expiry sweeps of each owned partition
 RAW = "raw"
 
-# The hot path's batching, chosen with `make bench` (README, "Performance"):
-BATCH_MAX = 1000  # records handled under one lock acquisition
+# The hot path's batching, chosen with `make bench` (README, "Performance"); the
+# batch size, linger and compression are settings (app.config).
 BATCH_WITHIN = 0.01  # seconds a partial batch waits for more records
-PRODUCER_LINGER = 0.05  # seconds a produce batch waits to fill
 PRODUCER_BATCH_BYTES = 256 * 1024  # per-partition produce batch
 # RocksDB per partition of the held table: small memtables and cache keep the
 # worker's memory bounded however many executions it holds (Faust's defaults
@@ -72,8 +71,9 @@ def create_app(settings: Settings, layout: Layout) -> faust.App:
         consumer_auto_offset_reset="earliest",
         table_cleanup_interval=3600.0,
         producer_acks=-1,
-        producer_linger=PRODUCER_LINGER,
+        producer_linger=settings.linger_ms / 1000.0,
         producer_max_batch_size=PRODUCER_BATCH_BYTES,
+        producer_compression_type=None if settings.compression == "none" else settings.compression,
         # A read_committed reader sees a record when its transaction commits: the
         # commit interval bounds the latency from below (Faust's default: 2.8 s).
         broker_commit_interval=settings.commit_interval,
@@ -137,7 +137,7 @@ def create_app(settings: Settings, layout: Layout) -> faust.App:
     @app.agent(sources, name="merge")
     async def merge_records(stream):
         await registry.ready.wait()  # a v2 agent's records must not be read as v1
-        async for events in stream.take_events(BATCH_MAX, within=BATCH_WITHIN):
+        async for events in stream.take_events(settings.batch_max, within=BATCH_WITHIN):
             await processor.handle_batch([event.message for event in events])
 
     def caught_up(tp) -> bool:

@@ -1,0 +1,43 @@
+"""Settings: defaults, overrides and clear errors for bad values."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from app.config import OPTIONS, Settings, apply_arguments
+
+
+def test_defaults_are_the_documented_ones():
+    s = Settings.from_env({})
+    assert (s.processing_guarantee, s.commit_interval, s.batch_max) == ("exactly_once", 0.1, 1000)
+    assert (s.linger_ms, s.compression, s.raw_partitions) == (50, "none", 6)
+
+
+def test_every_option_is_documented_in_the_readme():
+    readme = (Path(__file__).parents[2] / "README.md").read_text(encoding="utf-8")
+    missing = [o.env for o in OPTIONS if f"`{o.env}`" not in readme]
+    assert missing == []
+
+
+def test_command_line_overrides_the_environment():
+    env = {"CAMELEER_COMMIT_INTERVAL": "0.5"}
+    apply_arguments(["--commit-interval", "0.25", "--compression", "GZIP"], env)
+    s = Settings.from_env(env)
+    assert (s.commit_interval, s.compression) == (0.25, "gzip")
+
+
+@pytest.mark.parametrize(
+    ("env", "message"),
+    [
+        ({"CAMELEER_COMMIT_INTERVAL": "0"}, "CAMELEER_COMMIT_INTERVAL must be positive"),
+        ({"CAMELEER_BATCH_MAX": "0"}, "CAMELEER_BATCH_MAX must be at least 1"),
+        ({"CAMELEER_COMPRESSION": "snappy"}, "CAMELEER_COMPRESSION must be none or gzip"),
+        ({"CAMELEER_LINGER_MS": "soon"}, "bad setting"),
+        ({"CAMELEER_PROCESSING_GUARANTEE": "maybe"}, "exactly_once or at_least_once"),
+    ],
+)
+def test_bad_values_are_refused_with_a_clear_message(env, message):
+    with pytest.raises(ValueError, match=message):
+        Settings.from_env(env)
