@@ -58,7 +58,7 @@ OPTIONS = (
         "0.1",
         "seconds between transaction commits (bounds the merged records' latency)",
     ),
-    Option("CAMELEER_BATCH_MAX", "--batch-max", "1000", "raw records handled per batch"),
+    Option("CAMELEER_BATCH_MAX", "--batch-max", "100", "raw records handled per batch"),
     Option("CAMELEER_LINGER_MS", "--linger-ms", "50", "producer linger.ms of the output"),
     Option(
         "CAMELEER_COMPRESSION",

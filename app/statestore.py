@@ -67,7 +67,10 @@ class StateStore:
         returns the record's delivery future, awaited by the commit.
         """
         topic = self.table.changelog_topic.get_topic_name()
+        db = self._db(partition)
         for key, value in self._overlay.get(partition, {}).items():
+            if value is None and db.get(key) is None:
+                continue  # written and deleted within this transaction: the changelog never had it
             self._last_sent[partition] = await send(topic, key, value, partition)
 
     def due(self, partition: int, now_ms: int, limit: int) -> list[bytes]:

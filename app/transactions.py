@@ -214,6 +214,8 @@ class MergerTransactionManager(TransactionManager):
                 # be committed past. One failure aborts the whole transaction.
                 sent = self._inflight.pop(partition, [])
                 if sent:
+                    # send lingering batches now (what aiokafka's commit does too)
+                    await producer._message_accumulator.flush_for_commit()
                     await asyncio.gather(*sent)
                 if tp_offsets:
                     await producer.send_offsets_to_transaction(tp_offsets, self.app.conf.id)

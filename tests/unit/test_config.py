@@ -11,7 +11,7 @@ from app.config import OPTIONS, Settings, apply_arguments
 
 def test_defaults_are_the_documented_ones():
     s = Settings.from_env({})
-    assert (s.processing_guarantee, s.commit_interval, s.batch_max) == ("exactly_once", 0.1, 1000)
+    assert (s.processing_guarantee, s.commit_interval, s.batch_max) == ("exactly_once", 0.1, 100)
     assert (s.linger_ms, s.compression, s.raw_partitions) == (50, "none", 6)
 
 

@@ -132,3 +132,12 @@ def test_at_least_once_writes_go_straight_to_rocksdb(db):
     store.table.send_changelog = lambda p, k, v: sent.append((p, k, v))
     store.apply(0, {b"ea": b"1"})
     assert db.db.get(b"ea") == b"1" and sent == [(0, b"ea", b"1")]
+
+
+def test_a_key_written_and_deleted_within_a_transaction_never_reaches_the_changelog(db):
+    db.db[index_key(3, "b")] = b""  # committed earlier: its deletion must be sent
+    store, changelog = store_over(db)
+    store.apply(0, {index_key(5, "a"): b"", b"ea": b"held"})
+    store.apply(0, {index_key(5, "a"): None, index_key(3, "b"): None, b"ea": b"marker"})
+    asyncio.run(store.send_changelog(0, changelog.send))
+    assert changelog.sent == [(b"ea", b"marker", 0), (index_key(3, "b"), None, 0)]
