@@ -4,9 +4,9 @@ exactly_once: every record a source partition's records cause (output, DLQ,
 re-key) goes into that partition's open transaction, straight to its aiokafka
 producer; the commit waits for all of them (app.transactions).
 
-at_least_once: Faust's producer, no transaction; `flush` waits for every record
-of a batch before the batch's offsets may be acknowledged, so a crash repeats
-records but never loses one.
+at_least_once: Faust's producer, no transaction; the commit `flush`es every
+record before the changelog and the offsets are written (app.transactions), so
+a crash repeats records but never loses one.
 """
 
 from __future__ import annotations

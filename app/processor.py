@@ -67,7 +67,10 @@ class Processor:
         self.partitions = partitions
         self.counts: Counter[str] = Counter()
         self.last_offsets: dict = {}  # TopicPartition -> last offset handled
-        self.committed_offset = None  # async tp -> the group's committed offset; set by the worker
+        # set by the worker: async tp -> the group's committed offset, and
+        # async (tp, offset) -> offset of the first record this worker reads from there
+        self.committed_offset = None
+        self.first_record_at = None
 
     async def handle_batch(self, messages: list) -> None:
         """A batch of records, each all or nothing: a commit never sees half of a record.
@@ -77,37 +80,47 @@ class Processor:
         """
         await asyncio.shield(self._handle_batch_locked(messages))
 
+    def _contiguous(self, topic: str) -> bool:
+        # Offsets without transaction markers in between: the raw topic (unless an
+        # agent writes it in transactions), and the re-key topic when the worker
+        # writes it without transactions.
+        return topic != self.rekey_topic or not self.outbox.transactional
+
     async def _check_resume(self, message) -> None:
-        """The first record of a raw partition after an assignment must be the one at
-        the group's committed offset (the raw topic has no transaction markers). A
-        skip would commit past the skipped records: stop instead (nothing committed;
-        the restart resumes at the committed offset). A safety net behind
-        MergerConsumer.perform_seek."""
+        """The first record of a partition after an assignment must be the first one at
+        or after the group's committed offset. Handling a later one would commit past
+        the records in between: stop instead (nothing committed; the restart resumes
+        at the committed offset). A safety net behind MergerConsumer.perform_seek:
+        when offsets differ, a read from the committed offset tells transaction
+        markers (nothing to read in between) from skipped records."""
         committed = await self.committed_offset(message.tp)
         log.info("%s resumes at %d (committed %s)", message.tp, message.offset, committed)
-        if committed is not None and message.offset > committed:
+        if committed is None or message.offset <= committed:
+            return
+        first = await self.first_record_at(message.tp, committed)
+        if first is None or first < message.offset:
             fatal(
                 f"records skipped on {message.tp}",
-                RuntimeError(f"offset {message.offset} read where {committed} was due"),
+                RuntimeError(
+                    f"offset {message.offset} read where {committed} was due "
+                    f"(first record there: {first})"
+                ),
             )
 
     async def _handle_batch_locked(self, messages: list) -> None:
         async with processing_lock:
             for message in messages:
                 last = self.last_offsets.get(message.tp)
-                if last is None and message.topic != self.rekey_topic:
+                if last is None:
                     await self._check_resume(message)
                 try:
                     await self._handle(message)
                 except Exception as exc:  # never skip a record: see transactions.fatal
                     fatal(f"handling {message.topic}[{message.partition}]@{message.offset}", exc)
                 hole = last is not None and message.offset != last + 1
-                if hole and message.topic != self.rekey_topic:
-                    # the raw topic has no transaction markers: a hole means skipped records
+                if hole and self._contiguous(message.topic):  # a hole means skipped records
                     log.error("offset jump on %s: %d after %d", message.tp, message.offset, last)
                 self.last_offsets[message.tp] = message.offset
-            if not self.outbox.transactional:
-                await self.outbox.flush()
 
     async def _handle(self, message) -> None:
         source = self._source(message)
@@ -186,8 +199,6 @@ class Processor:
                     stored = self.store.get(partition, state_key(execution_id))
                     decision = merge.sweep_entry(execution_id, due, stored, self.rules, now)
                     await self._apply(partition, decision)
-                if not self.outbox.transactional:
-                    await self.outbox.flush()
             except Exception as exc:
                 fatal(f"sweeping partition {partition}", exc)
             self.counts["sweep_entries"] += len(keys)

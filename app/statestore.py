@@ -11,8 +11,9 @@ recovery replays the committed changelog from there (read_committed): nothing
 from an aborted transaction survives. The pattern is Kafka Streams' and Quix
 Streams' (state written behind the commit).
 
-With at_least_once there is no transaction: writes go straight to RocksDB and
-to the changelog through Faust's usual path.
+With at_least_once the same write-behind holds, without a transaction: the
+commit writes the outputs, then the changelog, then the offsets, then RocksDB,
+so the state never gets ahead of the records it stands for.
 """
 
 from __future__ import annotations
@@ -29,9 +30,8 @@ _MISSING = object()
 
 
 class StateStore:
-    def __init__(self, table, transactional: bool) -> None:
+    def __init__(self, table) -> None:
         self.table = table
-        self.transactional = transactional
         self._overlay: dict[int, dict[bytes, bytes | None]] = {}
         self._last_sent: dict[int, asyncio.Future] = {}
 
@@ -47,15 +47,6 @@ class StateStore:
         return self._db(partition).get(key)
 
     def apply(self, partition: int, writes: dict[bytes, bytes | None]) -> None:
-        if not self.transactional:
-            db = self._db(partition)
-            for key, value in writes.items():
-                if value is None:
-                    db.delete(key)
-                else:
-                    db.put(key, value)
-                self.table.send_changelog(partition, key, value)
-            return
         # Sent to the changelog at commit (send_changelog): one record per key and
         # transaction, however often the key changed in between.
         self._overlay.setdefault(partition, {}).update(writes)
@@ -63,8 +54,9 @@ class StateStore:
     async def send_changelog(self, partition: int, send) -> None:
         """Put this partition's uncommitted writes in its open transaction, last value per key.
 
-        `send(topic, key, value, partition)` is the transaction's producer send; it
-        returns the record's delivery future, awaited by the commit.
+        `send(topic, key, value, partition)` is the transaction's producer send (or,
+        at_least_once, the plain producer's); it returns the record's delivery
+        future, awaited by the commit.
         """
         topic = self.table.changelog_topic.get_topic_name()
         db = self._db(partition)

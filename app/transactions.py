@@ -67,6 +67,7 @@ async def _in_transaction(producer) -> None:
 
 class MergerTransactionManager(TransactionManager):
     store = None  # the StateStore, set by the worker
+    outbox = None  # the Outbox, set by the worker (at_least_once commits flush it)
     handled: dict = {}  # TopicPartition -> last offset fully handled, kept by the processor
     source_topics: frozenset[str] = frozenset()  # raw and re-key topics, set by the worker
 
@@ -244,6 +245,8 @@ class MergerTransactionManager(TransactionManager):
         async with processing_lock:
             if self.app.in_transaction:
                 await self._commit_locked(start_new_transaction=True)
+            else:
+                await self._commit_plain_locked()
             for tp in revoked:
                 self.handled.pop(tp, None)
                 self._committed.pop(tp, None)
@@ -254,7 +257,52 @@ class MergerTransactionManager(TransactionManager):
     async def commit_dirty(self) -> None:
         """Commit partitions that only the sweep wrote to."""
         if self.store is not None and self.store.dirty_partitions():
-            await self.commit({})
+            if self.app.in_transaction:
+                await self.commit({})
+            else:
+                await self.commit_plain()
+
+    # ---- at_least_once: the same write-behind, without a transaction -----------------
+
+    async def commit_plain(self) -> bool:
+        """Outputs first, then the changelog, then the offsets, then local RocksDB.
+
+        A crash anywhere in between repeats records, never loses one: the state
+        never gets ahead of the outputs it stands for (a marker saved before its
+        terminal record was written would drop that record on replay).
+        """
+        async with processing_lock:
+            return await self._commit_plain_locked()
+
+    async def _commit_plain_locked(self) -> bool:
+        pending = self._pending()
+        offsets = {tp: offset for tps in pending.values() for tp, offset in tps.items()}
+        try:
+            await self.outbox.flush()
+            sent: list[asyncio.Future] = []
+
+            async def send(topic, key, value, partition):
+                fut = await self.producer.send(topic, key, value, partition, None, None)
+                sent.append(fut)
+                return fut
+
+            if self.store is not None:
+                for partition in sorted(pending):
+                    await self.store.send_changelog(partition, send)
+            if sent:
+                await asyncio.gather(*sent)
+            if offsets and not await self.consumer._commit(offsets):
+                # not committed (e.g. a rebalance under way): the records are read
+                # again; their outputs went out already, so they repeat exactly
+                log.warning("offset commit refused: %s will be read again", sorted(offsets))
+                offsets = {}
+        except Exception as exc:
+            fatal("at_least_once commit failed", exc)
+        self._committed.update(offsets)
+        self._inflight.clear()
+        if self.store is not None:
+            self.store.committed(sorted(pending))
+        return bool(pending)
 
 
 class MergerConsumerThread(AIOKafkaConsumerThread):
@@ -268,8 +316,18 @@ class MergerConsumerThread(AIOKafkaConsumerThread):
 
 
 class MergerConsumer(Consumer):
+    resume_offsets: dict = {}  # TopicPartition -> where it resumed after the last assignment
+
     def _new_consumer_thread(self):
         return MergerConsumerThread(self, loop=self.loop, beacon=self.beacon)
+
+    async def _commit_offsets(self, offsets, start_new_transaction: bool = True) -> bool:
+        # Faust's `offsets` come from its acks, which run ahead of what was handled
+        # after a rebalance (acks of records buffered before it): at_least_once commits
+        # what was handled, like the transactions do.
+        if self.in_transaction:
+            return await super()._commit_offsets(offsets, start_new_transaction)
+        return await self.transactions.commit_plain()
 
     async def perform_seek(self) -> None:
         """Seek every assigned partition to the group's committed offset, also when there is none.
@@ -291,6 +349,7 @@ class MergerConsumer(Consumer):
             {tp: offset if offset else None for tp, offset in committed.items()}
         )
         self._committed_offset.update({tp: offset for tp, offset in committed.items() if offset})
+        self.resume_offsets = {tp: offset or 0 for tp, offset in committed.items()}
         log.info(
             "source partitions resume at %s",
             {

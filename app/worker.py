@@ -8,6 +8,7 @@ from __future__ import annotations
 import logging
 
 import faust
+from aiokafka import AIOKafkaConsumer, TopicPartition
 from faust.web import Request, Response, View
 
 from .config import Settings
@@ -95,7 +96,7 @@ def create_app(settings: Settings, layout: Layout) -> faust.App:
         value_type=bytes,
         options={"driver": "rocksdict", **ROCKSDB_OPTIONS},
     )
-    store = StateStore(held, transactional=settings.exactly_once)
+    store = StateStore(held)
     MergerTransactionManager.store = store
     MergerTransactionManager.source_topics = frozenset({settings.raw_topic, rekey_name})
     registry = AgentRegistry(
@@ -119,6 +120,14 @@ def create_app(settings: Settings, layout: Layout) -> faust.App:
         partitions=partitions,
     )
     MergerTransactionManager.handled = processor.last_offsets
+    MergerTransactionManager.outbox = processor.outbox
+
+    if not settings.exactly_once:
+        # Faust tells its transaction manager about revocations only in exactly_once;
+        # at_least_once commits what was handled before giving partitions up too.
+        @app.on_partitions_revoked.connect
+        async def _commit_before_revoke(sender, revoked, **kwargs) -> None:
+            await app.consumer.transactions.on_partitions_revoked(revoked)
 
     async def committed_offset(tp) -> int | None:
         # asked of the broker, on the consumer's own thread (aiokafka lives there)
@@ -126,7 +135,29 @@ def create_app(settings: Settings, layout: Layout) -> faust.App:
         consumer = thread._ensure_consumer()
         return await thread.call_thread(consumer.committed, tp)
 
+    async def first_record_at(tp, start: int) -> int | None:
+        # A short-lived consumer of its own (rare: only when an assignment resumes
+        # past the committed offset), reading as the worker does.
+        consumer = AIOKafkaConsumer(
+            bootstrap_servers=settings.bootstrap_servers,
+            isolation_level="read_committed" if settings.exactly_once else "read_uncommitted",
+            enable_auto_commit=False,
+        )
+        await consumer.start()
+        try:
+            atp = TopicPartition(tp.topic, tp.partition)
+            consumer.assign([atp])
+            consumer.seek(atp, start)
+            for _ in range(10):  # up to 10 s
+                batch = await consumer.getmany(atp, timeout_ms=1000, max_records=1)
+                if batch.get(atp):
+                    return batch[atp][0].offset
+            return None
+        finally:
+            await consumer.stop()
+
     processor.committed_offset = committed_offset
+    processor.first_record_at = first_record_at
     app.processor = processor  # for views and tests
     app.registry = registry
 
@@ -147,7 +178,11 @@ def create_app(settings: Settings, layout: Layout) -> faust.App:
         if settings.exactly_once:
             return True
         high = app.consumer.highwater(tp)
-        return high is not None and processor.last_offsets.get(tp, -1) + 1 >= high
+        if high is None:
+            return False
+        # a partition with nothing new since its committed offset is caught up at once
+        handled_to = processor.last_offsets.get(tp, -1) + 1
+        return max(handled_to, app.consumer.resume_offsets.get(tp, 0)) >= high
 
     @app.timer(interval=SWEEP_INTERVAL)
     async def sweep() -> None:
@@ -160,8 +195,7 @@ def create_app(settings: Settings, layout: Layout) -> faust.App:
             rekey_tp = tp._replace(topic=rekey_name)
             if caught_up(tp) and caught_up(rekey_tp):
                 await processor.sweep(tp.partition)
-        if settings.exactly_once:
-            await app.consumer.transactions.commit_dirty()
+        await app.consumer.transactions.commit_dirty()
         processor.counts["sweep_rounds"] += 1
 
     @app.page("/stats")

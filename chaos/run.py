@@ -256,18 +256,30 @@ class Chaos:
 
     # ---- reading the result ---------------------------------------------------------
     async def barrier(self) -> None:
-        """A sentinel per raw partition: once all are out, everything before them is."""
+        """Sentinels per raw partition: once all are out, everything before them is.
+
+        A terminal sentinel proves every record before it was handled; a RUNNING
+        sentinel, stamped `stale_after` in the past, is due at once and is flushed
+        after every stuck execution due before it (a sweep goes in due order).
+        """
         producer = AIOKafkaProducer(
             bootstrap_servers=self.broker.bootstrap, enable_idempotence=True
         )
         await producer.start()
         keys = set()
+        stale_ts = int(time.time() * 1000) - self.config.stale_after * 1000
         try:
             for p in range(self.config.partitions):
-                key = f"{BARRIER}{self.run_id}-{p}".encode()
-                keys.add(key)
-                value = b'{"execution_id":"%s","status":"COMPLETED"}' % key
-                await producer.send_and_wait(self.topics.raw, value, key=key, partition=p)
+                for kind, status, ts in (
+                    ("stale", "RUNNING", stale_ts),
+                    ("end", "COMPLETED", None),
+                ):
+                    key = f"{BARRIER}{self.run_id}-{kind}-{p}".encode()
+                    keys.add(key)
+                    value = b'{"execution_id":"%s","status":"%s"}' % (key, status.encode())
+                    await producer.send_and_wait(
+                        self.topics.raw, value, key=key, partition=p, timestamp_ms=ts
+                    )
         finally:
             await producer.stop()
         await self.read_until(lambda recs: keys <= {r.key for r in recs}, "barrier")

@@ -59,13 +59,13 @@ def db(tmp_path):
     rdict.close()
 
 
-def store_over(db: CountingDB, transactional: bool = True) -> tuple[StateStore, Changelog]:
+def store_over(db: CountingDB) -> tuple[StateStore, Changelog]:
     changelog = Changelog()
     table = SimpleNamespace(
         data=SimpleNamespace(_db_for_partition=lambda p: db, offset_key=OFFSET_KEY),
         changelog_topic=changelog,  # only its name is used
     )
-    return StateStore(table, transactional=transactional), changelog
+    return StateStore(table), changelog
 
 
 def held(ts: int, due: int) -> bytes:
@@ -124,14 +124,6 @@ def test_a_deleted_index_entry_in_the_overlay_hides_the_stored_one(db):
     store, _ = store_over(db)
     store.apply(0, {index_key(5, "a"): None, index_key(4, "c"): b""})
     assert store.due(0, 10, 100) == [index_key(4, "c"), index_key(6, "b")]
-
-
-def test_at_least_once_writes_go_straight_to_rocksdb(db):
-    sent = []
-    store, _ = store_over(db, transactional=False)
-    store.table.send_changelog = lambda p, k, v: sent.append((p, k, v))
-    store.apply(0, {b"ea": b"1"})
-    assert db.db.get(b"ea") == b"1" and sent == [(0, b"ea", b"1")]
 
 
 def test_a_key_written_and_deleted_within_a_transaction_never_reaches_the_changelog(db):
