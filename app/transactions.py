@@ -33,9 +33,15 @@ import os
 from collections import defaultdict
 from collections.abc import Mapping
 
+from aiokafka import AIOKafkaConsumer, TopicPartition
 from aiokafka.errors import ProducerFenced
 from faust.transport.consumer import TransactionManager
-from faust.transport.drivers.aiokafka import AIOKafkaConsumerThread, Consumer, Transport
+from faust.transport.drivers.aiokafka import (
+    AIOKafkaConsumerThread,
+    Consumer,
+    Transport,
+    server_list,
+)
 from faust.types import TP
 
 log = logging.getLogger(__name__)
@@ -312,7 +318,65 @@ class MergerConsumerThread(AIOKafkaConsumerThread):
         # recovery then takes the changelog as empty: it raises ConsistencyError, or
         # skips what the previous owner wrote. Ask the broker (ListOffsets with
         # read_committed gives the last stable offset).
-        return await self._ensure_consumer().end_offsets(partitions)
+        ends = await self._ensure_consumer().end_offsets(partitions)
+        if not self.consumer.in_transaction:
+            return ends
+        return await self._after_last_records(ends)
+
+    async def _after_last_records(self, ends, deadline_s: float = 30.0):
+        """Per changelog partition, the offset after its last committed record.
+
+        A transactional changelog ends with a commit marker, which no consumer ever
+        receives: Faust's recovery, waiting for a record at the last stable offset,
+        only gives up after two 5 s idle rounds, on every assignment. The offset
+        after the last record it can receive ends recovery when that record is read
+        (or at once, when the local RocksDB already holds it).
+        """
+        reader = AIOKafkaConsumer(
+            bootstrap_servers=server_list(self.transport.url, self.transport.default_port),
+            isolation_level="read_committed",
+            enable_auto_commit=False,
+        )
+        await reader.start()
+        out = dict(ends)
+        try:
+            stop_at = asyncio.get_running_loop().time() + deadline_s
+            for tp, end in ends.items():
+                out[tp] = await self._after_last_record(reader, tp, end, stop_at)
+        except Exception as exc:  # a slower recovery, not a wrong one
+            log.warning("recovery end offsets: %r; using the last stable offsets", exc)
+            return dict(ends)
+        finally:
+            await reader.stop()
+        log.info(
+            "changelog recovery reads up to %s",
+            {f"{tp.partition}": o for tp, o in sorted(out.items())},
+        )
+        return out
+
+    @staticmethod
+    async def _after_last_record(reader, tp, end: int, stop_at: float) -> int:
+        if not end:
+            return end
+        atp = TopicPartition(tp.topic, tp.partition)
+        reader.assign([atp])
+        window = 64
+        while True:
+            start = max(end - window, 0)
+            reader.seek(atp, start)
+            last = None
+            while await reader.position(atp) < end:
+                if asyncio.get_running_loop().time() > stop_at:
+                    return end
+                batch = await reader.getmany(atp, timeout_ms=500)
+                for record in batch.get(atp, ()):
+                    if record.offset < end:
+                        last = record.offset
+            if last is not None:
+                return last + 1
+            if start == 0:
+                return 0  # markers and aborted records only: nothing to recover
+            window *= 8
 
 
 class MergerConsumer(Consumer):
