@@ -318,69 +318,82 @@ class MergerConsumerThread(AIOKafkaConsumerThread):
         # recovery then takes the changelog as empty: it raises ConsistencyError, or
         # skips what the previous owner wrote. Ask the broker (ListOffsets with
         # read_committed gives the last stable offset).
-        ends = await self._ensure_consumer().end_offsets(partitions)
-        if not self.consumer.in_transaction:
-            return ends
-        return await self._after_last_records(ends)
+        return await self._ensure_consumer().end_offsets(partitions)
 
-    async def _after_last_records(self, ends, deadline_s: float = 30.0):
-        """Per changelog partition, the offset after its last committed record.
 
-        A transactional changelog ends with a commit marker, which no consumer ever
-        receives: Faust's recovery, waiting for a record at the last stable offset,
-        only gives up after two 5 s idle rounds, on every assignment. The offset
-        after the last record it can receive ends recovery when that record is read
-        (or at once, when the local RocksDB already holds it).
-        """
-        reader = AIOKafkaConsumer(
-            bootstrap_servers=server_list(self.transport.url, self.transport.default_port),
-            isolation_level="read_committed",
-            enable_auto_commit=False,
-        )
+async def after_last_records(bootstrap: list[str], ends, deadline_s: float = 30.0) -> dict:
+    """Per changelog partition, the offset after its last committed record.
+
+    A transactional changelog ends with a commit marker, which no consumer ever
+    receives: Faust's recovery, waiting for a record at the last stable offset,
+    only gives up after two 5 s idle rounds, on every assignment. The offset after
+    the last record it can receive ends recovery when that record is read (or at
+    once, when the local RocksDB already holds it).
+    """
+    out = dict(ends)
+    reader = AIOKafkaConsumer(
+        bootstrap_servers=bootstrap, isolation_level="read_committed", enable_auto_commit=False
+    )
+    try:
         await reader.start()
-        out = dict(ends)
-        try:
-            stop_at = asyncio.get_running_loop().time() + deadline_s
-            for tp, end in ends.items():
-                out[tp] = await self._after_last_record(reader, tp, end, stop_at)
-        except Exception as exc:  # a slower recovery, not a wrong one
-            log.warning("recovery end offsets: %r; using the last stable offsets", exc)
-            return dict(ends)
-        finally:
-            await reader.stop()
-        log.info(
-            "changelog recovery reads up to %s",
-            {f"{tp.partition}": o for tp, o in sorted(out.items())},
-        )
-        return out
+        stop_at = asyncio.get_running_loop().time() + deadline_s
+        for tp, end in ends.items():
+            out[tp] = await _after_last_record(reader, tp, end, stop_at)
+    except Exception as exc:  # a slower recovery, not a wrong one
+        log.warning("recovery end offsets: %r; using the last stable offsets", exc)
+        return dict(ends)
+    finally:
+        await stop_quietly(reader)
+    return out
 
-    @staticmethod
-    async def _after_last_record(reader, tp, end: int, stop_at: float) -> int:
-        if not end:
-            return end
-        atp = TopicPartition(tp.topic, tp.partition)
-        reader.assign([atp])
-        window = 64
-        while True:
-            start = max(end - window, 0)
-            reader.seek(atp, start)
-            last = None
-            while await reader.position(atp) < end:
-                if asyncio.get_running_loop().time() > stop_at:
-                    return end
-                batch = await reader.getmany(atp, timeout_ms=500)
-                for record in batch.get(atp, ()):
-                    if record.offset < end:
-                        last = record.offset
-            if last is not None:
-                return last + 1
-            if start == 0:
-                return 0  # markers and aborted records only: nothing to recover
-            window *= 8
+
+async def stop_quietly(consumer: AIOKafkaConsumer) -> None:
+    """Stop a group-less aiokafka consumer.
+
+    Its coordinator's close() cancels a task and then awaits it, so stop() raises
+    CancelledError into a caller nobody cancelled (seen: it killed Faust's recovery).
+    """
+    try:
+        await consumer.stop()
+    except asyncio.CancelledError:
+        task = asyncio.current_task()
+        if task is not None and task.cancelling():
+            raise  # a real cancellation of ours: pass it on
+
+
+async def _after_last_record(reader, tp, end: int | None, stop_at: float) -> int | None:
+    if not end:
+        return end
+    atp = TopicPartition(tp.topic, tp.partition)
+    reader.assign([atp])
+    window = 64
+    while True:
+        start = max(end - window, 0)
+        reader.seek(atp, start)
+        last = None
+        while await reader.position(atp) < end:
+            if asyncio.get_running_loop().time() > stop_at:
+                return end
+            batch = await reader.getmany(atp, timeout_ms=500)
+            for record in batch.get(atp, ()):
+                if record.offset < end:
+                    last = record.offset
+        if last is not None:
+            return last + 1
+        if start == 0:
+            return 0  # markers and aborted records only: nothing to recover
+        window *= 8
 
 
 class MergerConsumer(Consumer):
     resume_offsets: dict = {}  # TopicPartition -> where it resumed after the last assignment
+
+    async def highwaters(self, *partitions):
+        ends = await super().highwaters(*partitions)
+        if not self.in_transaction:
+            return ends
+        bootstrap = server_list(self.transport.url, self.transport.default_port)
+        return await after_last_records(bootstrap, ends)
 
     def _new_consumer_thread(self):
         return MergerConsumerThread(self, loop=self.loop, beacon=self.beacon)

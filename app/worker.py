@@ -18,7 +18,7 @@ from .processor import Processor
 from .registry import AgentRegistry
 from .statestore import StateStore
 from .topics import Layout, rekey_topic_name
-from .transactions import MergerTransactionManager, MergerTransport
+from .transactions import MergerTransactionManager, MergerTransport, stop_quietly
 
 log = logging.getLogger(__name__)
 
@@ -154,7 +154,7 @@ def create_app(settings: Settings, layout: Layout) -> faust.App:
                     return batch[atp][0].offset
             return None
         finally:
-            await consumer.stop()
+            await stop_quietly(consumer)
 
     processor.committed_offset = committed_offset
     processor.first_record_at = first_record_at
