@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import threading
 import time
 import uuid
 from collections import defaultdict
@@ -14,43 +13,46 @@ from chaos.processes import WorkerProcess
 
 from .harness import barrier, consume_until, event
 
-EXECUTIONS = 600
+EXECUTIONS = 2000
+
+
+async def produce_all(bootstrap: str, topic: str, records) -> None:
+    """All at once (one flush), so the worker has a backlog to be in the middle of."""
+    producer = AIOKafkaProducer(bootstrap_servers=bootstrap, enable_idempotence=True)
+    await producer.start()
+    try:
+        for key, value in records:
+            await producer.send(topic, value, key=key)
+        await producer.flush()
+    finally:
+        await producer.stop()
+
+
+def handled(worker: WorkerProcess) -> int:
+    counts = worker.counts()
+    return counts.get("running_held", 0) + counts.get("merged", 0)
 
 
 def test_sigterm_mid_stream_loses_and_doubles_nothing(bootstrap, topics, worker, tmp_path):
     run = uuid.uuid4().hex[:8]
     ids = [f"g-{run}-{i}" for i in range(EXECUTIONS)]
-    half_sent = threading.Event()
-
-    async def agent():
-        producer = AIOKafkaProducer(bootstrap_servers=bootstrap, enable_idempotence=True)
-        await producer.start()
-        try:
-            for i, eid in enumerate(ids):
-                await producer.send(
-                    topics.raw, event(eid, "RUNNING", route_id="r", n=i), key=eid.encode()
-                )
-                await producer.send(
-                    topics.raw, event(eid, "COMPLETED", duration_ms=i), key=eid.encode()
-                )
-                if i % 50 == 49:
-                    await producer.flush()  # paced: the worker is busy when SIGTERM comes
-                    await asyncio.sleep(0.02)  # load shape (agent pacing), not a wait
-                if i == EXECUTIONS // 2:
-                    half_sent.set()
-            await producer.flush()
-        finally:
-            await producer.stop()
-
-    sender = threading.Thread(target=lambda: asyncio.run(agent()))
-    sender.start()
-    assert half_sent.wait(60)
+    records = []
+    for i, eid in enumerate(ids):
+        records.append((eid.encode(), event(eid, "RUNNING", route_id="r", n=i)))
+        records.append((eid.encode(), event(eid, "COMPLETED", duration_ms=i)))
+    asyncio.run(produce_all(bootstrap, topics.raw, records))
+    # SIGTERM once the worker is well into the backlog, and before it is through
+    deadline = time.monotonic() + 60
+    while handled(worker) < len(records) // 10:
+        assert time.monotonic() < deadline, "the worker did not start on the backlog"
+        time.sleep(0.05)  # the poll interval
+    at_sigterm = handled(worker)
     started = time.monotonic()
     code = worker.stop(timeout=30)
     took = time.monotonic() - started
+    assert at_sigterm < len(records), "the backlog was gone before SIGTERM: not mid-stream"
     assert code == 0, worker.log_tail()
     assert took < 10, f"SIGTERM took {took:.1f}s"
-    sender.join(60)
     # a new worker (same group, same state folder) takes over
     successor = WorkerProcess(bootstrap, topics, worker.state_dir)
     successor.start()
