@@ -19,6 +19,7 @@ class Outbox:
         self.app = app
         self.transactional = transactional
         self._unflushed: list[asyncio.Future] = []
+        self._transactions = None
 
     async def send(
         self,
@@ -32,7 +33,9 @@ class Outbox:
         timestamp_ms: int | None = None,
     ) -> None:
         if self.transactional:
-            await self.app.consumer.transactions.send_record(
+            if self._transactions is None:  # the consumer exists once the app runs
+                self._transactions = self.app.consumer.transactions
+            await self._transactions.send_record(
                 source, topic, key, value, partition, headers, timestamp_ms
             )
             return

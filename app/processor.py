@@ -83,38 +83,32 @@ class Processor:
 
     async def _check_resume(self, message) -> None:
         """The first record of a partition after an assignment must be the first one at
-        or after the group's committed offset. Handling a later one would commit past
-        the records in between: stop instead (nothing committed; the restart resumes
-        at the committed offset). A safety net behind MergerConsumer.perform_seek:
-        when offsets differ, a read from the committed offset tells transaction
-        markers (nothing to read in between) from skipped records."""
+        or after the group's committed offset (a safety net behind
+        MergerConsumer.perform_seek)."""
         committed = await self.committed_offset(message.tp)
         log.info("%s resumes at %d (committed %s)", message.tp, message.offset, committed)
-        if committed is None or message.offset <= committed:
-            return
-        first = await self.first_record_at(message.tp, committed)
-        if first is None or first < message.offset:
-            fatal(
-                f"records skipped on {message.tp}",
-                RuntimeError(
-                    f"offset {message.offset} read where {committed} was due "
-                    f"(first record there: {first})"
-                ),
-            )
+        if committed is not None and message.offset > committed:
+            await self._check_first(message, committed, f"where {committed} was due")
 
     async def _check_hole(self, message, last: int) -> None:
-        """A record that does not follow the last one handled: transaction markers in
-        between (nothing to read there), or records skipped (stop, as above). Chaos
-        runs caught Faust's delivery skipping records right after a rebalance."""
-        first = await self.first_record_at(message.tp, last + 1)
+        """A record that does not follow the last one handled (chaos runs caught Faust's
+        delivery skipping records right after a rebalance)."""
+        await self._check_first(message, last + 1, f"after {last}")
+        self._with_markers.add(message.tp)  # holes there are markers: no more reads
+
+    async def _check_first(self, message, start: int, context: str) -> None:
+        """`message` must be the first record readable from `start`: if not, records
+        were skipped, and handling it would commit past them. Stop instead (nothing
+        committed; the restart resumes at the committed offset). Transaction markers
+        in between are fine: a read from `start` tells them from skipped records."""
+        first = await self.first_record_at(message.tp, start)
         if first != message.offset:
             fatal(
                 f"records skipped on {message.tp}",
                 RuntimeError(
-                    f"offset {message.offset} read after {last} (first record there: {first})"
+                    f"offset {message.offset} read {context} (first record there: {first})"
                 ),
             )
-        self._with_markers.add(message.tp)  # holes there are markers: no more reads
 
     async def _handle_batch_locked(self, messages: list) -> None:
         async with processing_lock:

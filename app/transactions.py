@@ -14,13 +14,16 @@ what this module adds:
 2. A commit waits for every record of its transaction to be acknowledged, and
    a failed send fails the commit: nothing is committed past a lost write.
 3. A commit never cuts a record in half: the processor holds `processing_lock`
-   while it handles a record, and the commit takes the same lock, so a
+   while it handles a batch of records, and the commit takes the same lock, so a
    transaction holds every write of the records whose offsets it commits and
    none of a record it does not.
 4. Partitions with writes but no new offsets (the stale sweep) are committed too.
-5. Recovery after a rebalance reads the changelog up to the broker's last stable
-   offset (Faust used a cached value that is empty right after assignment).
-6. The local state follows the commit: `StateStore.committed()` after a commit,
+5. Recovery after a rebalance reads the changelog up to its last committed record,
+   asked of the broker (Faust used a cached value that is empty right after
+   assignment, then waited for the commit marker after the last record).
+6. at_least_once commits the same write-behind without a transaction
+   (`commit_plain`).
+7. The local state follows the commit: `StateStore.committed()` after a commit,
    `StateStore.discard()` when a partition is revoked (its open transaction will
    be aborted by the fencing of the next owner).
 """
@@ -33,7 +36,6 @@ import os
 from collections import defaultdict
 from collections.abc import Mapping
 
-from aiokafka import AIOKafkaConsumer, TopicPartition
 from aiokafka.errors import ProducerFenced
 from faust.transport.consumer import TransactionManager
 from faust.transport.drivers.aiokafka import (
@@ -43,6 +45,8 @@ from faust.transport.drivers.aiokafka import (
     server_list,
 )
 from faust.types import TP
+
+from .probes import after_last_records
 
 log = logging.getLogger(__name__)
 
@@ -82,13 +86,17 @@ class MergerTransactionManager(TransactionManager):
         self._committed: dict = {}  # TopicPartition -> offset committed by us
         self._inflight: dict[int, list[asyncio.Future]] = defaultdict(list)
         self._producers_lock = asyncio.Lock()
+        self._tid_by_partition: dict[int, str] = {}
 
     def _tid(self, partition: int) -> str:
         # Our own naming, one id per source partition. Faust's names include its
         # topic-group number, which is recomputed at each assignment and can change:
         # records sent under one id and offsets committed under another split a
         # transaction in two (seen in the chaos run: outputs aborted, offsets kept).
-        return f"{self.app.conf.id}-merge-{partition}"
+        tid = self._tid_by_partition.get(partition)
+        if tid is None:  # once per partition: send_record asks for every record
+            tid = self._tid_by_partition[partition] = f"{self.app.conf.id}-merge-{partition}"
+        return tid
 
     def _tids(self, tps) -> set[str]:
         return {self._tid(tp.partition) for tp in tps if tp.topic in self.source_topics}
@@ -319,70 +327,6 @@ class MergerConsumerThread(AIOKafkaConsumerThread):
         # skips what the previous owner wrote. Ask the broker (ListOffsets with
         # read_committed gives the last stable offset).
         return await self._ensure_consumer().end_offsets(partitions)
-
-
-async def after_last_records(bootstrap: list[str], ends, deadline_s: float = 30.0) -> dict:
-    """Per changelog partition, the offset after its last committed record.
-
-    A transactional changelog ends with a commit marker, which no consumer ever
-    receives: Faust's recovery, waiting for a record at the last stable offset,
-    only gives up after two 5 s idle rounds, on every assignment. The offset after
-    the last record it can receive ends recovery when that record is read (or at
-    once, when the local RocksDB already holds it).
-    """
-    out = dict(ends)
-    reader = AIOKafkaConsumer(
-        bootstrap_servers=bootstrap, isolation_level="read_committed", enable_auto_commit=False
-    )
-    try:
-        await reader.start()
-        stop_at = asyncio.get_running_loop().time() + deadline_s
-        for tp, end in ends.items():
-            out[tp] = await _after_last_record(reader, tp, end, stop_at)
-    except Exception as exc:  # a slower recovery, not a wrong one
-        log.warning("recovery end offsets: %r; using the last stable offsets", exc)
-        return dict(ends)
-    finally:
-        await stop_quietly(reader)
-    return out
-
-
-async def stop_quietly(consumer: AIOKafkaConsumer) -> None:
-    """Stop a group-less aiokafka consumer.
-
-    Its coordinator's close() cancels a task and then awaits it, so stop() raises
-    CancelledError into a caller nobody cancelled (seen: it killed Faust's recovery).
-    """
-    try:
-        await consumer.stop()
-    except asyncio.CancelledError:
-        task = asyncio.current_task()
-        if task is not None and task.cancelling():
-            raise  # a real cancellation of ours: pass it on
-
-
-async def _after_last_record(reader, tp, end: int | None, stop_at: float) -> int | None:
-    if not end:
-        return end
-    atp = TopicPartition(tp.topic, tp.partition)
-    reader.assign([atp])
-    window = 64
-    while True:
-        start = max(end - window, 0)
-        reader.seek(atp, start)
-        last = None
-        while await reader.position(atp) < end:
-            if asyncio.get_running_loop().time() > stop_at:
-                return end
-            batch = await reader.getmany(atp, timeout_ms=500)
-            for record in batch.get(atp, ()):
-                if record.offset < end:
-                    last = record.offset
-        if last is not None:
-            return last + 1
-        if start == 0:
-            return 0  # markers and aborted records only: nothing to recover
-        window *= 8
 
 
 class MergerConsumer(Consumer):

@@ -8,9 +8,9 @@ from __future__ import annotations
 import logging
 
 import faust
-from aiokafka import AIOKafkaConsumer, TopicPartition
 from faust.web import Request, Response, View
 
+from . import probes
 from .config import Settings
 from .merge import Rules
 from .outbox import Outbox
@@ -18,7 +18,7 @@ from .processor import Processor
 from .registry import AgentRegistry
 from .statestore import StateStore
 from .topics import Layout, rekey_topic_name
-from .transactions import MergerTransactionManager, MergerTransport, stop_quietly
+from .transactions import MergerTransactionManager, MergerTransport
 
 log = logging.getLogger(__name__)
 
@@ -136,25 +136,8 @@ def create_app(settings: Settings, layout: Layout) -> faust.App:
         return await thread.call_thread(consumer.committed, tp)
 
     async def first_record_at(tp, start: int) -> int | None:
-        # A short-lived consumer of its own (rare: only when an assignment resumes
-        # past the committed offset), reading as the worker does.
-        consumer = AIOKafkaConsumer(
-            bootstrap_servers=settings.bootstrap_servers,
-            isolation_level="read_committed" if settings.exactly_once else "read_uncommitted",
-            enable_auto_commit=False,
-        )
-        await consumer.start()
-        try:
-            atp = TopicPartition(tp.topic, tp.partition)
-            consumer.assign([atp])
-            consumer.seek(atp, start)
-            for _ in range(10):  # up to 10 s
-                batch = await consumer.getmany(atp, timeout_ms=1000, max_records=1)
-                if batch.get(atp):
-                    return batch[atp][0].offset
-            return None
-        finally:
-            await stop_quietly(consumer)
+        isolation = "read_committed" if settings.exactly_once else "read_uncommitted"
+        return await probes.first_record_at(settings.bootstrap_servers, isolation, tp, start)
 
     processor.committed_offset = committed_offset
     processor.first_record_at = first_record_at
