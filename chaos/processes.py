@@ -87,6 +87,7 @@ class WorkerProcess:
             if self.ready:
                 return
             time.sleep(0.2)  # poll for readiness
+        self.kill()  # a worker that never got ready must not outlive its caller
         raise RuntimeError(f"worker not ready in {timeout:.0f}s:\n{self.log_tail()}")
 
     @property
