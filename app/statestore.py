@@ -18,7 +18,6 @@ so the state never gets ahead of the records it stands for.
 
 from __future__ import annotations
 
-import asyncio
 import heapq
 from collections.abc import Iterable
 
@@ -30,10 +29,13 @@ _MISSING = object()
 
 
 class StateStore:
-    def __init__(self, table) -> None:
+    def __init__(self, table=None) -> None:
         self.table = table
         self._overlay: dict[int, dict[bytes, bytes | None]] = {}
-        self._last_sent: dict[int, asyncio.Future] = {}
+
+    def bind(self, table) -> None:
+        """The Faust table whose RocksDB and changelog this store writes."""
+        self.table = table
 
     def _db(self, partition: int):
         return self.table.data._db_for_partition(partition)
@@ -51,19 +53,25 @@ class StateStore:
         # transaction, however often the key changed in between.
         self._overlay.setdefault(partition, {}).update(writes)
 
-    async def send_changelog(self, partition: int, send) -> None:
-        """Put this partition's uncommitted writes in its open transaction, last value per key.
+    @property
+    def changelog_topic(self) -> str:
+        return self.table.changelog_topic.get_topic_name()
 
-        `send(topic, key, value, partition)` is the transaction's producer send (or,
-        at_least_once, the plain producer's); it returns the record's delivery
-        future, awaited by the commit.
+    def send_changelog(self, partition: int, add) -> int:
+        """Append this partition's uncommitted writes to the commit, last value per key.
+
+        `add(topic, partition, key, value)` appends one record to the engine's
+        outbox (inside the transaction, with exactly_once). Returns how many.
         """
-        topic = self.table.changelog_topic.get_topic_name()
+        topic = self.changelog_topic
         db = self._db(partition)
+        sent = 0
         for key, value in self._overlay.get(partition, {}).items():
             if value is None and db.get(key) is None:
                 continue  # written and deleted within this transaction: the changelog never had it
-            self._last_sent[partition] = await send(topic, key, value, partition)
+            add(topic, partition, key, value)
+            sent += 1
+        return sent
 
     def due(self, partition: int, now_ms: int, limit: int) -> list[bytes]:
         """Index keys due at now_ms, oldest first; reads only those, never the whole store."""
@@ -86,12 +94,15 @@ class StateStore:
     def dirty_partitions(self) -> set[int]:
         return {p for p, overlay in self._overlay.items() if overlay}
 
-    def committed(self, partitions: Iterable[int]) -> None:
-        """The transactions of these partitions committed: make their writes durable locally."""
+    def committed(self, partitions: Iterable[int], changelog_offsets: dict[int, int]) -> None:
+        """The commit of these partitions' writes went through: make them durable locally.
+
+        `changelog_offsets`: partition -> offset of the last changelog record the
+        commit wrote, stored with the state for Faust's recovery to start after.
+        """
         store = self.table.data
         for partition in partitions:
             overlay = self._overlay.pop(partition, None)
-            fut = self._last_sent.pop(partition, None)
             if not overlay:
                 continue
             batch = WriteBatch(raw_mode=True)
@@ -100,13 +111,12 @@ class StateStore:
                     batch.delete(key)
                 else:
                     batch.put(key, value)
-            if fut is not None and fut.done() and not fut.exception():
-                # the changelog offset this state reaches, for Faust's recovery to start after
-                batch.put(store.offset_key, str(fut.result().offset).encode())
+            offset = changelog_offsets.get(partition)
+            if offset is not None:
+                batch.put(store.offset_key, str(offset).encode())
             self._db(partition).write(batch)
 
     def discard(self, partitions: Iterable[int]) -> None:
         """Their transactions were (or will be) aborted: forget what they wrote."""
         for partition in partitions:
             self._overlay.pop(partition, None)
-            self._last_sent.pop(partition, None)

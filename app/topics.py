@@ -51,6 +51,7 @@ async def _create(admin, name: str, partitions: int, replication: int, config: d
 class Layout:
     raw_partitions: int
     agents_partitions: int
+    dlq_partitions: int
 
 
 async def ensure_topics(settings: Settings, timeout: float = 60.0) -> Layout:
@@ -96,6 +97,6 @@ async def ensure_topics(settings: Settings, timeout: float = 60.0) -> Layout:
                     f"output topic {name} has {existing} partitions but the raw topic has {raw}: "
                     "they must match (each output partition holds one raw partition's executions)"
                 )
-        return Layout(raw, counts[settings.agents_topic])
+        return Layout(raw, counts[settings.agents_topic], counts[settings.dlq_topic])
     finally:
         await admin.close()

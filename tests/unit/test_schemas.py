@@ -8,14 +8,12 @@ checked against the output and DLQ schemas. No Kafka.
 
 from __future__ import annotations
 
-import asyncio
 import itertools
 import json
 import re
 from collections import Counter
 from functools import cache
 from pathlib import Path
-from types import SimpleNamespace
 
 import orjson
 import pytest
@@ -23,7 +21,7 @@ from jsonschema import Draft202012Validator
 
 from app import merge
 from app.heldstate import INDEX_PREFIX, Source, parse_index_key, state_key
-from app.processor import ORIGIN, Processor
+from app.processor import ORIGIN, Destinations, Processor
 from app.registry import parse_registration
 
 SCHEMAS = Path(__file__).parents[2] / "schemas"
@@ -244,7 +242,7 @@ class Sink:
     def __init__(self) -> None:
         self.sent: list[dict] = []
 
-    async def send(self, source, topic, key, value, headers, **kwargs) -> None:
+    def add(self, topic, partition, key, value, headers=(), timestamp_ms=None) -> None:
         self.sent.append({"topic": topic, "key": key, "value": value, "headers": headers})
 
 
@@ -298,8 +296,9 @@ TRACE = ("traceparent", b"00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-0
 def dead_letter_record(dead: merge.DeadLetter) -> dict:
     """The DLQ record the processor really sends for `dead` (its header code, not a copy)."""
     sink = Sink()
-    stub = SimpleNamespace(outbox=sink, dlq_topic="dlq", counts=Counter())
-    asyncio.run(Processor._dead(stub, 0, dead))
+    to = Destinations("out", "dlq", "rekey", partitions=3, dlq_partitions=3)
+    processor = Processor(merge.Rules(), None, to, {}, Counter())
+    processor._dead(0, dead, sink)
     [record] = sink.sent
     return record
 

@@ -1,0 +1,355 @@
+"""The batch engine: whole fetched batches in, one transaction per worker per commit out.
+
+How a record travels (README, "Design"):
+1. The consumer's fetch returns a batch per partition (app.internals replaces
+   Faust's per-record drain loop); `handle` checks that each batch follows the
+   last one handled, then the processor runs it synchronously: state changes go
+   to the StateStore's in-memory overlay, output/DLQ/re-key records are appended
+   to the Outbox's open batches.
+2. Every `commit_interval` (`commit`), one commit covers every partition this
+   worker owns. exactly_once: the overlay's last value per key goes to the
+   changelog, every batch is handed to the worker's ONE transactional producer
+   and acknowledged, the source offsets join the transaction with the consumer
+   group's generation and member id (TxnOffsetCommit v3, app.kip447), and the
+   transaction commits. Only then is the overlay written to RocksDB.
+   at_least_once: outputs, then the changelog, then the group's offsets, then
+   RocksDB; a crash in between repeats records and never loses one.
+3. A rebalance commits what was handled before the partitions go (`on_revoked`);
+   the new assignment resumes at the group's stable committed offsets
+   (`on_assigned`, after Faust has recovered the table).
+
+A zombie (a worker that lost its partitions without noticing, e.g. paused past
+its session timeout) cannot commit: the group coordinator refuses offsets with a
+stale generation, the transaction fails, and the worker exits without
+committing anything (`fatal`); its restart rejoins as a new member.
+
+No Faust here: the engine sees the consumer through `GroupPort` and produces with
+the aiokafka producer it is given.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import time
+from collections import Counter
+from collections.abc import Callable, Iterable
+from typing import Protocol
+
+from .kip447 import GroupMetadata
+from .outbox import Outbox
+from .processor import Processor
+from .statestore import StateStore
+
+log = logging.getLogger(__name__)
+
+EXIT_FATAL = 70
+
+
+def fatal(what: str, exc: BaseException) -> None:
+    """Stop the process at once, as a kill would, without committing anything.
+
+    A record whose handling failed half-way has left part of its effects in the
+    open transaction; a graceful stop would commit them. Exiting aborts that
+    transaction (the worker's next start, or the transaction timeout, ends it)
+    and the next owner of the partitions handles the records again. The
+    orchestrator restarts us.
+    """
+    log.critical("%s: %r; exiting without commit", what, exc, exc_info=exc)
+    logging.shutdown()
+    os._exit(EXIT_FATAL)
+
+
+class GroupPort(Protocol):
+    """What the engine needs of the group's consumer (app.internals.MergerConsumer)."""
+
+    async def commit_offsets(self, offsets: dict) -> bool: ...
+
+    async def end_offsets(self, tps: Iterable) -> dict: ...
+
+
+class Engine:
+    def __init__(
+        self,
+        processor: Processor,
+        store: StateStore,
+        counts: Counter[str],
+        *,
+        exactly_once: bool,
+        raw_topic: str,
+        rekey_topic: str,
+        new_producer: Callable[[], object],
+        registry_ready: asyncio.Event,
+        first_record_at: Callable,
+    ) -> None:
+        self.processor = processor
+        self.store = store
+        self.counts = counts
+        self.exactly_once = exactly_once
+        self.raw_topic = raw_topic
+        self.rekey_topic = rekey_topic
+        self.source_topics = frozenset({raw_topic, rekey_topic})
+        self._new_producer = new_producer
+        self._registry_ready = registry_ready
+        self._first_record_at = first_record_at  # async (tp, offset) -> first record there
+        self._port: GroupPort | None = None
+        self._lock = asyncio.Lock()  # a batch, a sweep, a commit: one at a time
+        self._producer = None
+        self._outbox: Outbox | None = None
+        self._stopped = False
+        # the current assignment
+        self._group: GroupMetadata | None = None
+        self._positions: dict = {}  # source TopicPartition -> next offset to handle
+        self._committed: dict = {}  # source TopicPartition -> offset committed
+        self._fresh: set = set()  # partitions whose first batch since the seek is due
+        self._with_markers: set = set()  # raw partitions seen to hold transaction markers
+        self._catch_up_to: dict = {}  # at_least_once: end offsets at assignment
+        self.last_commit_s = 0.0
+
+    def attach(self, port: GroupPort) -> None:
+        self._port = port
+
+    @property
+    def generation(self) -> int | None:
+        return self._group.generation_id if self._group else None
+
+    @property
+    def assigned(self) -> frozenset:
+        return frozenset(self._positions)
+
+    # ---- lifecycle --------------------------------------------------------------------
+
+    async def _ensure_started(self) -> None:
+        if self._producer is not None:
+            return
+        producer = self._new_producer()
+        # With a transactional id, start() fences the previous incarnation of this
+        # worker and aborts its open transaction.
+        await producer.start()
+        if self.exactly_once:
+            await producer.begin_transaction()
+        self._producer = producer
+        self._outbox = Outbox(producer)
+
+    async def stop(self) -> None:
+        """Commit what was handled and stop producing (a graceful stop)."""
+        async with self._lock:
+            if self._stopped:
+                return
+            self._stopped = True
+            if self._producer is None:
+                return
+            if self._group is not None:
+                await self._commit_locked(begin_next=False)
+            await self._producer.stop()
+
+    # ---- assignment -------------------------------------------------------------------
+
+    async def on_assigned(self, positions: dict, group: GroupMetadata) -> None:
+        """The source partitions of a new assignment, sought to the group's stable offsets."""
+        await self._registry_ready.wait()  # a v2 agent's records must not be read as v1
+        ends = {}
+        if not self.exactly_once and self._port is not None:
+            ends = await self._port.end_offsets(list(positions))
+        async with self._lock:
+            if self._stopped:
+                return
+            await self._ensure_started()
+            self._group = group
+            self._positions = dict(positions)
+            self._committed = dict(positions)
+            self._fresh = set(positions)
+            self._with_markers.clear()
+            self._catch_up_to = {tp: end for tp, end in ends.items() if end is not None}
+        log.info(
+            "generation %d: source partitions resume at %s",
+            group.generation_id,
+            {f"{tp.topic}[{tp.partition}]": offset for tp, offset in sorted(positions.items())},
+        )
+
+    async def on_revoked(self, revoked: Iterable) -> None:
+        """Commit what was handled while this worker still owns the partitions, then let go.
+
+        The eager protocol revokes every partition at each rebalance, also those
+        that come straight back: work left uncommitted here would be done again by
+        whoever owns them next.
+        """
+        async with self._lock:
+            if self._stopped or self._group is None:
+                return
+            await self._commit_locked()
+            for tp in revoked:
+                self._positions.pop(tp, None)
+                self._committed.pop(tp, None)
+                self._fresh.discard(tp)
+                self._catch_up_to.pop(tp, None)
+            if not self._positions:
+                self._group = None
+            self.store.discard({tp.partition for tp in revoked if tp.topic == self.raw_topic})
+
+    # ---- records ----------------------------------------------------------------------
+
+    async def handle(self, batch: dict, generation: int | None) -> None:
+        """Records fetched together: TopicPartition -> records in offset order."""
+        async with self._lock:
+            if self._stopped or self._group is None or generation != self._group.generation_id:
+                return  # fetched before a rebalance: the new assignment reads them again
+            outbox = self._outbox
+            for tp, records in batch.items():
+                expected = self._positions.get(tp)
+                if expected is None or not records:
+                    continue
+                records = await self._follows(tp, records, expected)
+                if not records:
+                    continue
+                try:
+                    self.processor.handle(tp.partition, records, outbox)
+                except Exception as exc:  # never skip a record: exit, the restart redoes it
+                    fatal(f"handling {tp.topic}[{tp.partition}] from {records[0].offset}", exc)
+                self._positions[tp] = records[-1].offset + 1
+            try:
+                await outbox.send_full()
+            except Exception as exc:
+                fatal("sending records", exc)
+
+    async def _follows(self, tp, records: list, expected: int) -> list:
+        """The part of a batch that follows the last record handled (safety nets).
+
+        aiokafka hands records on from where the engine sought, in order; these
+        checks catch a delivery that does not (Faust's old per-record path did
+        both after rebalances). Each firing is logged with "safety net".
+        """
+        fresh = tp in self._fresh
+        self._fresh.discard(tp)
+        if records[0].offset < expected:
+            late = [r for r in records if r.offset >= expected]
+            self.counts["safety_net_redelivered"] += len(records) - len(late)
+            log.warning(
+                "safety net: %s[%d] delivered %d..%d again (next due %d); dropped",
+                tp.topic,
+                tp.partition,
+                records[0].offset,
+                min(expected, records[-1].offset + 1) - 1,
+                expected,
+            )
+            records = late
+            if not records:
+                return records
+        first = records[0].offset
+        if first == expected:
+            return records
+        # Past the expected offset: transaction markers (or aborted records) lie in
+        # between on a transactional topic, or records were skipped. After a seek,
+        # and on the raw topic until markers are seen there, ask the broker.
+        if fresh or (tp.topic == self.raw_topic and tp not in self._with_markers):
+            found = await self._first_record_at(tp, expected)
+            if found != first:
+                self.counts["safety_net_skip"] += 1
+                fatal(
+                    f"safety net: records skipped on {tp.topic}[{tp.partition}]",
+                    RuntimeError(f"offset {first} read where {expected} was due (first: {found})"),
+                )
+            if not fresh:
+                self._with_markers.add(tp)
+        return records
+
+    # ---- sweeps -----------------------------------------------------------------------
+
+    def _caught_up(self, partition: int) -> bool:
+        # at_least_once: a partition that changed hands may hold state older than
+        # records already emitted; sweeping it before re-reading them could emit a
+        # RUNNING after its terminal. Exactly-once state is exact.
+        if self.exactly_once:
+            return True
+        return all(
+            self._positions.get(tp, -1) >= end
+            for tp, end in self._catch_up_to.items()
+            if tp.partition == partition
+        )
+
+    async def sweep(self) -> int:
+        """Stale flushes and marker expiry on every owned partition that is due."""
+        async with self._lock:
+            if self._stopped or self._group is None:
+                return 0
+            swept = 0
+            for partition in sorted({tp.partition for tp in self._positions}):
+                if self._caught_up(partition):
+                    try:
+                        swept += self.processor.sweep(partition, self._outbox)
+                    except Exception as exc:
+                        fatal(f"sweeping partition {partition}", exc)
+            self.counts["sweep_rounds"] += 1
+            return swept
+
+    # ---- commits ----------------------------------------------------------------------
+
+    async def commit(self) -> None:
+        async with self._lock:
+            if not self._stopped and self._group is not None:
+                await self._commit_locked()
+
+    async def _commit_locked(self, begin_next: bool = True) -> None:
+        offsets = {
+            tp: offset
+            for tp, offset in self._positions.items()
+            if offset != self._committed.get(tp)
+        }
+        dirty = sorted(self.store.dirty_partitions())
+        if not offsets and not dirty and not self._outbox.pending:
+            return
+        started = time.monotonic()
+        try:
+            if self.exactly_once:
+                changelog = await self._commit_transaction(offsets, dirty, begin_next)
+            else:
+                changelog, offsets = await self._commit_plain(offsets, dirty)
+        except Exception as exc:
+            fatal("commit failed (fenced, or a record was not written)", exc)
+        self._committed.update(offsets)
+        self.store.committed(dirty, changelog)
+        self.last_commit_s = time.monotonic() - started
+        self.counts["commits"] += 1
+
+    def _changelog_offsets(self, last: dict, dirty: list[int]) -> dict[int, int]:
+        topic = self.store.changelog_topic
+        return {p: last[(topic, p)] for p in dirty if (topic, p) in last}
+
+    def _add_changelog(self, topic: str, partition: int, key: bytes, value: bytes | None) -> None:
+        self._outbox.add(topic, partition, key, value)
+
+    async def _commit_transaction(self, offsets: dict, dirty: list[int], begin_next: bool) -> dict:
+        outbox = self._outbox
+        for partition in dirty:
+            self.store.send_changelog(partition, self._add_changelog)
+        await outbox.flush()
+        # every record of the transaction is written before its offsets commit: a
+        # failed send (broker restart, expired batch) fails the whole transaction
+        last = await outbox.delivered()
+        if offsets:
+            await self._producer.send_offsets_to_transaction(offsets, self._group)
+        await self._producer.commit_transaction()
+        if begin_next:
+            await self._producer.begin_transaction()
+        return self._changelog_offsets(last, dirty)
+
+    async def _commit_plain(self, offsets: dict, dirty: list[int]) -> tuple[dict, dict]:
+        """at_least_once: outputs, then the changelog, then the offsets (then RocksDB).
+
+        The state never gets ahead of the outputs it stands for: a marker saved
+        before its terminal record was written would drop that record on replay.
+        """
+        outbox = self._outbox
+        await outbox.flush()
+        await outbox.delivered()
+        for partition in dirty:
+            self.store.send_changelog(partition, self._add_changelog)
+        await outbox.flush()
+        last = await outbox.delivered()
+        if offsets and not await self._port.commit_offsets(offsets):
+            # a rebalance under way: the records are read again; their outputs
+            # went out already, so they repeat exactly
+            log.warning("offset commit refused: %s will be read again", sorted(offsets))
+            offsets = {}
+        return self._changelog_offsets(last, dirty), offsets

@@ -1,0 +1,374 @@
+"""Every touch of Faust's and aiokafka's internals, in one module, each with its reason.
+
+Pinned: faust-streaming 0.15.x and aiokafka 0.12-0.14 (pyproject.toml). What is
+replaced, and why (README, "Design"):
+
+Faust
+- `MergerConsumer._drain_messages`: Faust's drain loop turns every fetched
+  record into a message, a task (`wait_first`) and a stream-queue hop, and its
+  rebalance handling skipped and redelivered records (chaos runs, session 2).
+  Ours hands each fetch to the engine as whole batches. Changelog records
+  (table recovery and standbys) still take Faust's own path.
+- `MergerConsumer.perform_seek`: seeks source partitions to the group's STABLE
+  committed offsets (OffsetFetch v7, KIP-447), or to their start when none
+  (aiokafka's seek_to_committed skipped those), and hands the assignment to
+  the engine with the group generation it belongs to.
+- `MergerConsumer.on_partitions_revoked` / `on_stop`: the engine commits what
+  it handled before partitions go and before the worker stops.
+- `MergerConsumer.highwaters` / `MergerConsumerThread._highwaters`: recovery
+  end offsets asked of the broker, up to the last committed record (Faust
+  used a stale cache, then waited for a commit marker no consumer receives).
+- `MergerTransactionManager`: Faust's exactly_once keeps one transactional
+  producer per partition; the engine has one per worker, so Faust's is inert.
+- `MergerApp`: the transport above, and the engine passed in.
+
+aiokafka
+- `EosProducer`: its Sender commits transaction offsets with TxnOffsetCommit v3
+  (generation and member id, app.kip447) instead of v0 (group id only).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+import logging
+
+import faust
+from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
+from aiokafka import errors as Errors
+from aiokafka.client import CoordinationType
+from aiokafka.producer.sender import Sender, TxnOffsetCommitHandler
+from faust.transport.consumer import TransactionManager
+from faust.transport.drivers.aiokafka import (
+    AIOKafkaConsumerThread,
+    Consumer,
+    Transport,
+    server_list,
+)
+
+from . import kip447
+from .engine import Engine
+from .kip447 import GroupMetadata
+from .probes import after_last_records
+
+log = logging.getLogger(__name__)
+
+
+# ---- aiokafka: TxnOffsetCommit v3 -----------------------------------------------------
+
+
+class ZombieFenced(Errors.KafkaError):
+    """The group coordinator refused this worker's offsets: it no longer owns them."""
+
+
+# Error codes that mean "not the member owning these partitions any more".
+_FENCING = {
+    Errors.IllegalGenerationError.errno,
+    Errors.UnknownMemberIdError.errno,
+    Errors.RebalanceInProgressError.errno,
+    82,  # FENCED_INSTANCE_ID (static membership)
+}
+
+
+class _TxnOffsetCommitV3Handler(TxnOffsetCommitHandler):
+    """aiokafka's handler, sending v3 and failing the transaction of a zombie."""
+
+    def __init__(self, sender, offsets, group_id, group: GroupMetadata) -> None:
+        super().__init__(sender, offsets, group_id)
+        self._group = group
+
+    def create_request(self):
+        txn_manager = self._sender._txn_manager
+        by_topic = collections.defaultdict(list)
+        for tp, offset in sorted(self._offsets.items()):
+            by_topic[tp.topic].append((tp.partition, offset.offset, offset.metadata))
+        return kip447.TxnOffsetCommitRequest(
+            txn_manager.transactional_id,
+            txn_manager.producer_id,
+            txn_manager.producer_epoch,
+            self._group,
+            dict(by_topic),
+        )
+
+    def handle_response(self, resp):
+        rows = kip447.txn_offset_commit_errors(resp)
+        fenced = [(t, p, code) for t, p, code in rows if code in _FENCING]
+        if fenced:
+            topic, partition, code = fenced[0]
+            self._sender._txn_manager.error_transaction(
+                ZombieFenced(
+                    f"offsets of {topic}[{partition}] refused with "
+                    f"{Errors.for_code(code).__name__}: generation "
+                    f"{self._group.generation_id} of member {self._group.member_id} is over"
+                )
+            )
+            return None
+        # everything else as aiokafka handles v0 responses: (topic, [(partition, error)])
+        shaped = collections.defaultdict(list)
+        for topic, partition, code in rows:
+            shaped[topic].append((partition, code))
+        return super().handle_response(_V0Shape(list(shaped.items())))
+
+
+class _V0Shape:
+    def __init__(self, errors) -> None:
+        self.errors = errors
+
+
+class _Kip447Sender(Sender):
+    group: GroupMetadata | None = None  # of the offsets being committed; set by EosProducer
+
+    async def _do_txn_offset_commit(self, offsets, group_id):
+        # aiokafka's own method (sender.py), with the v3 handler
+        if not offsets:
+            return
+        try:
+            node_id = await self._find_coordinator(CoordinationType.GROUP, group_id)
+        except Errors.GroupAuthorizationFailedError as exc:
+            self._txn_manager.error_transaction(exc)
+            return
+        handler = _TxnOffsetCommitV3Handler(self, offsets, group_id, self.group)
+        await handler.do(node_id)
+
+
+class EosProducer(AIOKafkaProducer):
+    """A transactional producer whose offsets carry the group generation (KIP-447)."""
+
+    def __init__(self, **config) -> None:
+        super().__init__(**config)
+        # aiokafka builds its Sender in __init__, with no way to choose the class:
+        # rebuilt with the same arguments, the v3 handler being the only change.
+        old = self._sender
+        self._sender = _Kip447Sender(
+            self.client,
+            acks=old._acks,
+            txn_manager=self._txn_manager,
+            retry_backoff_ms=int(old._retry_backoff * 1000),
+            message_accumulator=self._message_accumulator,
+            request_timeout_ms=old._request_timeout_ms,
+        )
+
+    async def send_offsets_to_transaction(self, offsets, group: GroupMetadata):
+        self._sender.group = group
+        await super().send_offsets_to_transaction(offsets, group.group_id)
+
+
+# ---- aiokafka: OffsetFetch v7 with require_stable --------------------------------------
+
+_RETRIABLE_GROUP_ERRORS = {
+    Errors.GroupLoadInProgressError.errno,
+    Errors.GroupCoordinatorNotAvailableError.errno,
+    Errors.NotCoordinatorForGroupError.errno,
+}
+
+
+async def fetch_stable_offsets(
+    consumer: AIOKafkaConsumer, tps: list[TopicPartition], timeout: float = 60.0
+) -> dict[TopicPartition, int | None]:
+    """The group's committed offsets, once no transaction holding offsets is completing.
+
+    On the consumer's own thread. Uses its group coordinator's connection
+    (`_coordinator`: aiokafka keeps it there and offers no public send).
+    """
+    coordinator = consumer._coordinator
+    by_topic = collections.defaultdict(list)
+    for tp in tps:
+        by_topic[tp.topic].append(tp.partition)
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + timeout
+    waits = 0
+    while True:
+        await coordinator.ensure_coordinator_known()
+        request = kip447.StableOffsetFetchRequest(coordinator.group_id, dict(by_topic))
+        try:
+            response = await coordinator._send_req(request)
+        except Errors.KafkaError as exc:
+            if not exc.retriable or loop.time() > deadline:
+                raise
+            await asyncio.sleep(0.1)  # retry backoff
+            continue
+        group_error, rows = kip447.offset_fetch_results(response)
+        codes = {code for *_, code in rows} | {group_error}
+        if codes <= {0}:
+            if waits:
+                log.info("stable offsets after %d waits for completing transactions", waits)
+            return {TopicPartition(t, p): (o if o >= 0 else None) for t, p, o, _ in rows}
+        retriable = codes - {0} <= _RETRIABLE_GROUP_ERRORS | {kip447.UNSTABLE_OFFSET_COMMIT}
+        if not retriable or loop.time() > deadline:
+            raise Errors.for_code(max(codes))(f"offset fetch for {sorted(by_topic)}: {codes}")
+        if codes & {Errors.NotCoordinatorForGroupError.errno}:
+            coordinator.coordinator_dead()
+        waits += 1
+        await asyncio.sleep(0.05)  # the previous owner's transaction is completing
+
+
+# ---- Faust: consumer, transaction manager, transport, app -------------------------------
+
+
+class MergerConsumerThread(AIOKafkaConsumerThread):
+    async def _highwaters(self, partitions):
+        # Faust answers from the last fetch's last-stable-offset when in a transaction:
+        # None for a partition not fetched yet, i.e. right after every rebalance. Its
+        # recovery then takes the changelog as empty. Ask the broker (ListOffsets with
+        # read_committed gives the last stable offset).
+        return await self._ensure_consumer().end_offsets(partitions)
+
+    async def seek_to_stable_offsets(self, tps) -> tuple[dict, GroupMetadata]:
+        """Seek to the stable committed offsets (or the start); positions and group."""
+        consumer = self._ensure_consumer()
+        atps = [TopicPartition(tp.topic, tp.partition) for tp in tps]
+        committed = await fetch_stable_offsets(consumer, atps)
+        unset = [tp for tp in atps if committed.get(tp) is None]
+        for tp in atps:
+            if committed.get(tp) is not None:
+                consumer.seek(tp, committed[tp])
+        if unset:
+            await consumer.seek_to_beginning(*unset)
+        positions = {tp: await consumer.position(tp) for tp in atps}
+        c = consumer._coordinator  # the generation these partitions were assigned in
+        return positions, GroupMetadata(c.group_id, c.generation, c.member_id, c._group_instance_id)
+
+    async def end_offsets(self, tps) -> dict:
+        return await self._ensure_consumer().end_offsets(
+            [TopicPartition(tp.topic, tp.partition) for tp in tps]
+        )
+
+
+class MergerConsumer(Consumer):
+    def __init__(self, *args, engine: Engine, **kwargs) -> None:
+        super().__init__(*args, **kwargs)
+        self._engine = engine
+        engine.attach(self)
+
+    def _new_consumer_thread(self):
+        return MergerConsumerThread(self, loop=self.loop, beacon=self.beacon)
+
+    # -- GroupPort, for the engine
+
+    async def commit_offsets(self, offsets: dict) -> bool:
+        return await self._commit(offsets)
+
+    async def end_offsets(self, tps) -> dict:
+        return await self._thread.call_thread(self._thread.end_offsets, list(tps))
+
+    # -- the batch path
+
+    async def _drain_messages(self, fetcher) -> None:
+        """Fetch, and hand each fetch to the engine whole (Faust's loop: per record)."""
+        sources = self._engine.source_topics
+        callback = self.callback  # Faust's conductor: changelog records for recovery
+        consumer_stopped = self._stopped.is_set
+        fetcher_stopped = fetcher._stopped.is_set
+        try:
+            while not (consumer_stopped() or fetcher_stopped()):
+                if not self.flow_active:
+                    await self.wait(self.can_resume_flow)
+                    continue
+                active = self._get_active_partitions()
+                if not active:
+                    await self.sleep(0.1)  # nothing assigned or all paused: rebalancing
+                    continue
+                generation = self.app.consumer_generation_id
+                records = await self._getmany(active_partitions=active, timeout=1.0)
+                if not records or not self.flow_active:
+                    continue  # a rebalance began: the new assignment reads them again
+                batch = {}
+                for tp, recs in records.items():
+                    if tp.topic in sources:
+                        batch[tp] = recs
+                    else:
+                        for record in recs:
+                            await callback(self._to_message(tp, record))
+                if batch:
+                    # shielded: a stopping fetcher must not cut a batch in half
+                    await asyncio.shield(self._engine.handle(batch, generation))
+        except self.consumer_stopped_errors:
+            if self.transport.app.should_stop:
+                return
+            raise
+        except asyncio.CancelledError:
+            if self.transport.app.should_stop:
+                return
+            raise
+
+    async def perform_seek(self) -> None:
+        sources = [tp for tp in self.assignment() if tp.topic in self._engine.source_topics]
+        if not sources:
+            return
+        positions, group = await self._thread.call_thread(
+            self._thread.seek_to_stable_offsets, sources
+        )
+        await self._engine.on_assigned(positions, group)
+
+    async def on_partitions_revoked(self, revoked) -> None:
+        await super().on_partitions_revoked(revoked)
+        await self._engine.on_revoked(revoked)
+
+    async def on_stop(self) -> None:
+        await self._engine.stop()
+        await super().on_stop()
+
+    def verify_event_path(self, now: float, tp) -> None:
+        # Faust warns when its stream has not taken a partition's records for a
+        # while; records no longer pass through a Faust stream.
+        return None
+
+    async def highwaters(self, *partitions):
+        ends = await super().highwaters(*partitions)
+        if not self.in_transaction:
+            return ends
+        bootstrap = server_list(self.transport.url, self.transport.default_port)
+        return await after_last_records(bootstrap, ends)
+
+
+class MergerTransactionManager(TransactionManager):
+    """Inert: the engine's one producer per worker makes the transactions."""
+
+    async def on_rebalance(self, assigned, revoked, newly_assigned) -> None:
+        return None  # Faust would start one transactional producer per partition
+
+    async def on_partitions_revoked(self, revoked) -> None:
+        return None  # the engine commits, via MergerConsumer.on_partitions_revoked
+
+    async def commit(self, offsets, start_new_transaction: bool = True) -> bool:
+        return False  # Faust's commit timer: commits are the engine's
+
+    async def send(self, *args, **kwargs):
+        raise RuntimeError("records go through app.engine, not Faust's transactions")
+
+
+class MergerTransport(Transport):
+    def __init__(self, url, app, *, engine: Engine, **kwargs) -> None:
+        super().__init__(url, app, **kwargs)
+        self._engine = engine
+
+    def create_consumer(self, callback, **kwargs):
+        return MergerConsumer(
+            self, callback=callback, loop=self.loop, engine=self._engine, **kwargs
+        )
+
+    def create_transaction_manager(self, consumer, producer, **kwargs):
+        return MergerTransactionManager(self, consumer=consumer, producer=producer, **kwargs)
+
+
+class MergerApp(faust.App):
+    """faust.App with the batch engine's transport."""
+
+    def __init__(self, *args, engine: Engine, registry, **kwargs) -> None:
+        self._engine = engine
+        self._registry = registry
+        super().__init__(*args, **kwargs)
+
+    async def on_start(self) -> None:
+        await super().on_start()
+        # Not an app.task: Faust starts those once table recovery is complete, and
+        # recovery completes when the engine has the assignment, which waits for
+        # the registry (a v2 agent's records must not be read as v1).
+        self.add_future(self._registry.start())
+
+    def _new_transport(self):
+        return MergerTransport(self.conf.broker_consumer, self, engine=self._engine)
+
+    async def on_stop(self) -> None:
+        await super().on_stop()  # stops the consumer (the engine commits) first
+        await self._registry.stop()
