@@ -58,8 +58,7 @@ OPTIONS = (
         "0.1",
         "seconds between transaction commits (bounds the merged records' latency)",
     ),
-    Option("CAMELEER_BATCH_MAX", "--batch-max", "100", "raw records handled per batch"),
-    Option("CAMELEER_LINGER_MS", "--linger-ms", "50", "producer linger.ms of the output"),
+    Option("CAMELEER_BATCH_MAX", "--batch-max", "1000", "most records one fetch hands on"),
     Option(
         "CAMELEER_COMPRESSION",
         "--compression",
@@ -87,7 +86,6 @@ class Settings:
     log_level: str
     commit_interval: float
     batch_max: int
-    linger_ms: int
     compression: str
 
     @property
@@ -131,7 +129,6 @@ class Settings:
                 log_level=level,
                 commit_interval=float(raw["commit_interval"]),
                 batch_max=int(raw["batch_max"]),
-                linger_ms=int(raw["linger_ms"]),
                 compression=raw["compression"].strip().lower(),
             )
         except ValueError as exc:
@@ -140,8 +137,8 @@ class Settings:
             raise ValueError("CAMELEER_STALE_AFTER and CAMELEER_DEDUPE_WINDOW must be positive")
         if settings.commit_interval <= 0:
             raise ValueError("CAMELEER_COMMIT_INTERVAL must be positive")
-        if settings.batch_max < 1 or settings.linger_ms < 0:
-            raise ValueError("CAMELEER_BATCH_MAX must be at least 1, CAMELEER_LINGER_MS at least 0")
+        if settings.batch_max < 1:
+            raise ValueError("CAMELEER_BATCH_MAX must be at least 1")
         if settings.compression not in ("none", "gzip"):
             raise ValueError(
                 f"CAMELEER_COMPRESSION must be none or gzip, not {settings.compression!r}"

@@ -35,6 +35,7 @@ import os
 import time
 from collections import Counter
 from collections.abc import Callable, Iterable
+from dataclasses import dataclass
 from typing import Protocol
 
 from .kip447 import GroupMetadata
@@ -45,6 +46,8 @@ from .statestore import StateStore
 log = logging.getLogger(__name__)
 
 EXIT_FATAL = 70
+# Full batches that may wait for a commit to end before records are no longer handled.
+QUEUED_BYTES_MAX = 64 * 1024**2
 
 
 def fatal(what: str, exc: BaseException) -> None:
@@ -97,6 +100,9 @@ class Engine:
         self._lock = asyncio.Lock()  # a batch, a sweep, a commit: one at a time
         self._producer = None
         self._outbox: Outbox | None = None
+        self._changelog: Outbox | None = None
+        self._idle = asyncio.Event()  # no commit under way: records may be sent
+        self._idle.set()
         self._stopped = False
         # the current assignment
         self._group: GroupMetadata | None = None
@@ -106,6 +112,7 @@ class Engine:
         self._with_markers: set = set()  # raw partitions seen to hold transaction markers
         self._catch_up_to: dict = {}  # at_least_once: end offsets at assignment
         self.last_commit_s = 0.0
+        self.seconds: Counter[str] = Counter()  # wall time by activity, for /stats and tuning
 
     def attach(self, port: GroupPort) -> None:
         self._port = port
@@ -130,7 +137,8 @@ class Engine:
         if self.exactly_once:
             await producer.begin_transaction()
         self._producer = producer
-        self._outbox = Outbox(producer)
+        self._outbox = Outbox(producer)  # outputs, dead letters, re-key records
+        self._changelog = Outbox(producer)  # the held table's changelog
 
     async def stop(self) -> None:
         """Commit what was handled and stop producing (a graceful stop)."""
@@ -192,7 +200,10 @@ class Engine:
 
     async def handle(self, batch: dict, generation: int | None) -> None:
         """Records fetched together: TopicPartition -> records in offset order."""
+        waited = time.monotonic()
         async with self._lock:
+            started = time.monotonic()
+            self.seconds["handle_lock_wait"] += started - waited
             if self._stopped or self._group is None or generation != self._group.generation_id:
                 return  # fetched before a rebalance: the new assignment reads them again
             outbox = self._outbox
@@ -208,10 +219,8 @@ class Engine:
                 except Exception as exc:  # never skip a record: exit, the restart redoes it
                     fatal(f"handling {tp.topic}[{tp.partition}] from {records[0].offset}", exc)
                 self._positions[tp] = records[-1].offset + 1
-            try:
-                await outbox.send_full()
-            except Exception as exc:
-                fatal("sending records", exc)
+            await self._send_full()
+            self.seconds["handle"] += time.monotonic() - started
 
     async def _follows(self, tp, records: list, expected: int) -> list:
         """The part of a batch that follows the last record handled (safety nets).
@@ -280,76 +289,129 @@ class Engine:
                         swept += self.processor.sweep(partition, self._outbox)
                     except Exception as exc:
                         fatal(f"sweeping partition {partition}", exc)
+            await self._send_full()
             self.counts["sweep_rounds"] += 1
             return swept
 
+    async def _send_full(self) -> None:
+        """Send the batches that filled up (under the lock).
+
+        While a commit is under way they wait for the next transaction, and
+        records go on being handled into new batches, up to a memory bound.
+        """
+        if self._outbox.has_full:
+            if not self._idle.is_set():
+                if self._outbox.full_bytes < QUEUED_BYTES_MAX:
+                    return
+                waited = time.monotonic()
+                await self._idle.wait()
+                self.seconds["handle_wait_commit"] += time.monotonic() - waited
+            try:
+                await self._outbox.send_full()
+            except Exception as exc:
+                fatal("sending records", exc)
+
     # ---- commits ----------------------------------------------------------------------
+    #
+    # A commit is cut in two. `_begin_commit` (under the lock, short): the offsets
+    # handled so far and the open state layer are sealed, and every record they
+    # caused is handed to the producer. `_end_commit` (without the lock): the
+    # broker's round trips, while the next records are handled into the next
+    # layer and the outboxes' open batches; those wait for `_idle` (the next
+    # transaction begun) before anything of theirs is sent.
 
     async def commit(self) -> None:
         async with self._lock:
-            if not self._stopped and self._group is not None:
-                await self._commit_locked()
+            if self._stopped or self._group is None:
+                return
+            job = await self._begin_commit(begin_next=True)
+        if job is not None:
+            await self._end_commit(job)
 
     async def _commit_locked(self, begin_next: bool = True) -> None:
+        job = await self._begin_commit(begin_next)
+        if job is not None:
+            await self._end_commit(job)
+
+    async def _begin_commit(self, begin_next: bool) -> _Commit | None:
+        await self._idle.wait()  # the previous commit has ended
         offsets = {
             tp: offset
             for tp, offset in self._positions.items()
             if offset != self._committed.get(tp)
         }
-        dirty = sorted(self.store.dirty_partitions())
-        if not offsets and not dirty and not self._outbox.pending:
-            return
-        started = time.monotonic()
+        if not offsets and not self.store.dirty_partitions() and not self._outbox.pending:
+            return None
+        self._idle.clear()
+        job = _Commit(offsets, self.store.seal(), begin_next, time.monotonic())
+        try:
+            for partition in job.sealed:
+                self.store.send_changelog(partition, self._add_changelog)
+            await self._outbox.flush()
+            if self.exactly_once:
+                await self._changelog.flush()
+        except Exception as exc:
+            fatal("commit failed: records not handed to the producer", exc)
+        self._committed.update(offsets)
+        return job
+
+    async def _end_commit(self, job: _Commit) -> None:
         try:
             if self.exactly_once:
-                changelog = await self._commit_transaction(offsets, dirty, begin_next)
+                last = await self._end_transaction(job)
             else:
-                changelog, offsets = await self._commit_plain(offsets, dirty)
+                last = await self._end_plain(job)
         except Exception as exc:
             fatal("commit failed (fenced, or a record was not written)", exc)
-        self._committed.update(offsets)
-        self.store.committed(dirty, changelog)
-        self.last_commit_s = time.monotonic() - started
-        self.counts["commits"] += 1
-
-    def _changelog_offsets(self, last: dict, dirty: list[int]) -> dict[int, int]:
         topic = self.store.changelog_topic
-        return {p: last[(topic, p)] for p in dirty if (topic, p) in last}
+        self.store.committed({p: last[(topic, p)] for p in job.sealed if (topic, p) in last})
+        self.last_commit_s = time.monotonic() - job.started
+        self.seconds["commit"] += self.last_commit_s
+        self.counts["commits"] += 1
+        self._idle.set()
 
     def _add_changelog(self, topic: str, partition: int, key: bytes, value: bytes | None) -> None:
-        self._outbox.add(topic, partition, key, value)
+        self._changelog.add(topic, partition, key, value)
 
-    async def _commit_transaction(self, offsets: dict, dirty: list[int], begin_next: bool) -> dict:
-        outbox = self._outbox
-        for partition in dirty:
-            self.store.send_changelog(partition, self._add_changelog)
-        await outbox.flush()
+    async def _end_transaction(self, job: _Commit) -> dict:
         # every record of the transaction is written before its offsets commit: a
         # failed send (broker restart, expired batch) fails the whole transaction
-        last = await outbox.delivered()
-        if offsets:
-            await self._producer.send_offsets_to_transaction(offsets, self._group)
+        t0 = time.monotonic()
+        await self._outbox.delivered()
+        last = await self._changelog.delivered()
+        t1 = time.monotonic()
+        if job.offsets:
+            await self._producer.send_offsets_to_transaction(job.offsets, self._group)
+        t2 = time.monotonic()
         await self._producer.commit_transaction()
-        if begin_next:
+        t3 = time.monotonic()
+        if job.begin_next:
             await self._producer.begin_transaction()
-        return self._changelog_offsets(last, dirty)
+        seconds = self.seconds
+        seconds["commit_delivered"] += t1 - t0
+        seconds["commit_offsets"] += t2 - t1
+        seconds["commit_end"] += t3 - t2
+        return last
 
-    async def _commit_plain(self, offsets: dict, dirty: list[int]) -> tuple[dict, dict]:
+    async def _end_plain(self, job: _Commit) -> dict:
         """at_least_once: outputs, then the changelog, then the offsets (then RocksDB).
 
         The state never gets ahead of the outputs it stands for: a marker saved
         before its terminal record was written would drop that record on replay.
         """
-        outbox = self._outbox
-        await outbox.flush()
-        await outbox.delivered()
-        for partition in dirty:
-            self.store.send_changelog(partition, self._add_changelog)
-        await outbox.flush()
-        last = await outbox.delivered()
-        if offsets and not await self._port.commit_offsets(offsets):
+        await self._outbox.delivered()
+        await self._changelog.flush()
+        last = await self._changelog.delivered()
+        if job.offsets and not await self._port.commit_offsets(job.offsets):
             # a rebalance under way: the records are read again; their outputs
             # went out already, so they repeat exactly
-            log.warning("offset commit refused: %s will be read again", sorted(offsets))
-            offsets = {}
-        return self._changelog_offsets(last, dirty), offsets
+            log.warning("offset commit refused: %s will be read again", sorted(job.offsets))
+        return last
+
+
+@dataclass(frozen=True, slots=True)
+class _Commit:
+    offsets: dict  # source TopicPartition -> next offset, committed with the outputs
+    sealed: list[int]  # partitions whose state writes this commit carries
+    begin_next: bool
+    started: float

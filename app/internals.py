@@ -32,12 +32,14 @@ from __future__ import annotations
 import asyncio
 import collections
 import logging
+import time
 
 import faust
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 from aiokafka import errors as Errors
 from aiokafka.client import CoordinationType
 from aiokafka.producer.sender import Sender, TxnOffsetCommitHandler
+from aiokafka.producer.transaction_manager import TransactionState
 from faust.transport.consumer import TransactionManager
 from faust.transport.drivers.aiokafka import (
     AIOKafkaConsumerThread,
@@ -95,12 +97,13 @@ class _TxnOffsetCommitV3Handler(TxnOffsetCommitHandler):
         fenced = [(t, p, code) for t, p, code in rows if code in _FENCING]
         if fenced:
             topic, partition, code = fenced[0]
-            self._sender._txn_manager.error_transaction(
+            _fail_abortable(
+                self._sender._txn_manager,
                 ZombieFenced(
                     f"offsets of {topic}[{partition}] refused with "
                     f"{Errors.for_code(code).__name__}: generation "
                     f"{self._group.generation_id} of member {self._group.member_id} is over"
-                )
+                ),
             )
             return None
         # everything else as aiokafka handles v0 responses: (topic, [(partition, error)])
@@ -108,6 +111,23 @@ class _TxnOffsetCommitV3Handler(TxnOffsetCommitHandler):
         for topic, partition, code in rows:
             shaped[topic].append((partition, code))
         return super().handle_response(_V0Shape(list(shaped.items())))
+
+
+def _fail_abortable(txn_manager, exc: Exception) -> None:
+    """Fail the transaction so that it can only be aborted, and abort really aborts.
+
+    aiokafka's own `error_transaction` forgets the partitions already added to the
+    transaction; `abort_transaction` then sends no EndTxn, the broker keeps the
+    transaction open, and the next commit makes its records visible (seen in
+    tests/integration/test_fencing.py). Here the partitions are kept.
+    """
+    txn_manager._transition_to(TransactionState.ABORTABLE_ERROR)
+    for _, _, fut in txn_manager._pending_txn_offsets:
+        if not fut.done():
+            fut.set_exception(exc)
+    txn_manager._pending_txn_offsets.clear()
+    if not txn_manager._transaction_waiter.done():
+        txn_manager._transaction_waiter.set_exception(exc)
 
 
 class _V0Shape:
@@ -269,7 +289,9 @@ class MergerConsumer(Consumer):
                     await self.sleep(0.1)  # nothing assigned or all paused: rebalancing
                     continue
                 generation = self.app.consumer_generation_id
+                asked = time.monotonic()
                 records = await self._getmany(active_partitions=active, timeout=1.0)
+                self._engine.seconds["fetch_wait"] += time.monotonic() - asked
                 if not records or not self.flow_active:
                     continue  # a rebalance began: the new assignment reads them again
                 batch = {}

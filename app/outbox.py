@@ -52,6 +52,14 @@ class Outbox:
         self.records += 1
 
     @property
+    def has_full(self) -> bool:
+        return bool(self._full)
+
+    @property
+    def full_bytes(self) -> int:
+        return sum(builder.size() for _, builder in self._full)
+
+    @property
     def pending(self) -> bool:
         """Records appended and not yet delivered."""
         return bool(self._open or self._full or self._sent)
@@ -71,6 +79,8 @@ class Outbox:
     async def _send(self, topic: str, partition: int, builder) -> None:
         count = builder.record_count()
         if count:
+            # closed: the producer sends it at once instead of lingering for more
+            builder.close()
             fut = await self._producer.send_batch(builder, topic, partition=partition)
             self._sent.append(((topic, partition), fut, count))
 

@@ -29,9 +29,16 @@ _MISSING = object()
 
 
 class StateStore:
+    """RocksDB behind two in-memory layers: writes of the open transaction, and
+    writes of the transaction being committed (`seal`ed). Reads see the open
+    layer, then the sealed one, then RocksDB: records handled while a commit is
+    on its way to the broker see every write before them.
+    """
+
     def __init__(self, table=None) -> None:
         self.table = table
-        self._overlay: dict[int, dict[bytes, bytes | None]] = {}
+        self._open: dict[int, dict[bytes, bytes | None]] = {}
+        self._sealed: dict[int, dict[bytes, bytes | None]] = {}
 
     def bind(self, table) -> None:
         """The Faust table whose RocksDB and changelog this store writes."""
@@ -41,70 +48,59 @@ class StateStore:
         return self.table.data._db_for_partition(partition)
 
     def get(self, partition: int, key: bytes) -> bytes | None:
-        overlay = self._overlay.get(partition)
-        if overlay is not None:
-            value = overlay.get(key, _MISSING)
-            if value is not _MISSING:
-                return value
+        for layer in (self._open, self._sealed):
+            overlay = layer.get(partition)
+            if overlay:
+                value = overlay.get(key, _MISSING)
+                if value is not _MISSING:
+                    return value
         return self._db(partition).get(key)
 
     def apply(self, partition: int, writes: dict[bytes, bytes | None]) -> None:
         # Sent to the changelog at commit (send_changelog): one record per key and
         # transaction, however often the key changed in between.
-        self._overlay.setdefault(partition, {}).update(writes)
+        self._open.setdefault(partition, {}).update(writes)
 
     @property
     def changelog_topic(self) -> str:
         return self.table.changelog_topic.get_topic_name()
 
+    def dirty_partitions(self) -> set[int]:
+        """Partitions with writes in the open transaction."""
+        return {p for p, overlay in self._open.items() if overlay}
+
+    def seal(self) -> list[int]:
+        """The open writes become the commit's; new writes open a new layer."""
+        assert not self._sealed, "the previous commit has not ended"
+        self._sealed = {p: overlay for p, overlay in self._open.items() if overlay}
+        self._open = {}
+        return sorted(self._sealed)
+
     def send_changelog(self, partition: int, add) -> int:
-        """Append this partition's uncommitted writes to the commit, last value per key.
+        """Append the sealed writes of a partition to the commit, last value per key.
 
         `add(topic, partition, key, value)` appends one record to the engine's
-        outbox (inside the transaction, with exactly_once). Returns how many.
+        changelog outbox (inside the transaction, with exactly_once). Returns how many.
         """
         topic = self.changelog_topic
         db = self._db(partition)
         sent = 0
-        for key, value in self._overlay.get(partition, {}).items():
+        for key, value in self._sealed.get(partition, {}).items():
             if value is None and db.get(key) is None:
                 continue  # written and deleted within this transaction: the changelog never had it
             add(topic, partition, key, value)
             sent += 1
         return sent
 
-    def due(self, partition: int, now_ms: int, limit: int) -> list[bytes]:
-        """Index keys due at now_ms, oldest first; reads only those, never the whole store."""
-        bound = index_upper_bound(now_ms)
-        overlay = self._overlay.get(partition, {})
-        from_db = []
-        for key in self._db(partition).keys(from_key=INDEX_PREFIX):
-            if key >= bound or len(from_db) >= limit:
-                break
-            from_db.append(key)
-        if not overlay:
-            return from_db
-        pending = sorted(k for k in overlay if k[:1] == INDEX_PREFIX and k < bound)
-        merged = []
-        for key in heapq.merge(from_db, pending):
-            if (not merged or merged[-1] != key) and overlay.get(key, b"") is not None:
-                merged.append(key)
-        return merged[:limit]
-
-    def dirty_partitions(self) -> set[int]:
-        return {p for p, overlay in self._overlay.items() if overlay}
-
-    def committed(self, partitions: Iterable[int], changelog_offsets: dict[int, int]) -> None:
-        """The commit of these partitions' writes went through: make them durable locally.
+    def committed(self, changelog_offsets: dict[int, int]) -> None:
+        """The commit of the sealed writes went through: make them durable locally.
 
         `changelog_offsets`: partition -> offset of the last changelog record the
         commit wrote, stored with the state for Faust's recovery to start after.
         """
         store = self.table.data
-        for partition in partitions:
-            overlay = self._overlay.pop(partition, None)
-            if not overlay:
-                continue
+        sealed, self._sealed = self._sealed, {}
+        for partition, overlay in sealed.items():
             batch = WriteBatch(raw_mode=True)
             for key, value in overlay.items():
                 if value is None:
@@ -116,7 +112,38 @@ class StateStore:
                 batch.put(store.offset_key, str(offset).encode())
             self._db(partition).write(batch)
 
+    def due(self, partition: int, now_ms: int, limit: int) -> list[bytes]:
+        """Index keys due at now_ms, oldest first; reads only those, never the whole store."""
+        bound = index_upper_bound(now_ms)
+        layers = [layer[partition] for layer in (self._open, self._sealed) if layer.get(partition)]
+        from_db = []
+        for key in self._db(partition).keys(from_key=INDEX_PREFIX):
+            if key >= bound or len(from_db) >= limit:
+                break
+            from_db.append(key)
+        if not layers:
+            return from_db
+        pending = [
+            sorted(k for k in layer if k[:1] == INDEX_PREFIX and k < bound) for layer in layers
+        ]
+        merged: list[bytes] = []
+        for key in heapq.merge(from_db, *pending):
+            if merged and merged[-1] == key:
+                continue
+            if self._top(layers, key) is not None:
+                merged.append(key)
+        return merged[:limit]
+
+    @staticmethod
+    def _top(layers: list[dict], key: bytes) -> bytes | None:
+        for layer in layers:
+            value = layer.get(key, _MISSING)
+            if value is not _MISSING:
+                return value
+        return b""  # only in RocksDB: there
+
     def discard(self, partitions: Iterable[int]) -> None:
         """Their transactions were (or will be) aborted: forget what they wrote."""
         for partition in partitions:
-            self._overlay.pop(partition, None)
+            self._open.pop(partition, None)
+            self._sealed.pop(partition, None)

@@ -70,7 +70,6 @@ def producer_factory(settings: Settings, transactional_id: str):
         bootstrap_servers=settings.bootstrap_servers,
         acks="all",
         enable_idempotence=True,
-        linger_ms=settings.linger_ms,
         max_batch_size=PRODUCER_BATCH_BYTES,
         max_request_size=MAX_REQUEST_BYTES,
         compression_type=None if settings.compression == "none" else settings.compression,
@@ -145,6 +144,7 @@ def create_app(settings: Settings, layout: Layout) -> faust.App:
         value_serializer=RAW,
         consumer_auto_offset_reset="earliest",
         broker_max_poll_records=settings.batch_max,
+        consumer_max_fetch_size=4 * 1024**2,  # per partition and fetch: fewer round trips
         table_cleanup_interval=3600.0,
         # A killed worker's partitions move after 10 s, not Faust's default 60 s.
         broker_session_timeout=10.0,
@@ -182,6 +182,12 @@ def create_app(settings: Settings, layout: Layout) -> faust.App:
     @app.page("/stats")
     class Stats(View):
         async def get(self, request: Request) -> Response:
-            return self.json({"counts": dict(counts), "agents": len(registry.versions)})
+            return self.json(
+                {
+                    "counts": dict(counts),
+                    "seconds": {k: round(v, 3) for k, v in engine.seconds.items()},
+                    "agents": len(registry.versions),
+                }
+            )
 
     return app

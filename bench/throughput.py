@@ -150,6 +150,7 @@ async def worker_run(
             )
         done = time.monotonic()
         counts = worker_counts(worker) or counts
+        seconds = (worker.stats() or {}).get("seconds", {})
         state_bytes = dir_bytes(state_dir / "rocksdb")
         cpu = sampler.cpu_seconds
         broker1 = cpu_of(bpid)
@@ -179,6 +180,7 @@ async def worker_run(
         "worker_cpu_share_of_one_core": cpu / from_start,
         "broker_cpu_share": (broker1 - broker0) / from_start if broker1 and broker0 else None,
         "counts": counts,
+        "seconds_by_activity": seconds,
         "rss_samples": sampler.samples,
     }
     if profile is not None:
@@ -187,6 +189,7 @@ async def worker_run(
         f"worker (b): {pre.records:,} records -> {len(seen):,} terminal records in "
         f"{from_first:.1f}s from its first handled record ({from_start:.1f}s from start) = "
         f"{result['events_per_s']:,.0f} events/s; peak RSS {mb(sampler.peak):,.0f} MB, "
-        f"state {mb(state_bytes):,.1f} MB, worker CPU {100 * cpu / from_start:.0f}%"
+        f"state {mb(state_bytes):,.1f} MB, worker CPU {100 * cpu / from_start:.0f}%; "
+        f"wall seconds by activity {seconds}"
     )
     return result

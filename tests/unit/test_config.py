@@ -11,8 +11,8 @@ from app.config import OPTIONS, Settings, apply_arguments
 
 def test_defaults_are_the_documented_ones():
     s = Settings.from_env({})
-    assert (s.processing_guarantee, s.commit_interval, s.batch_max) == ("exactly_once", 0.1, 100)
-    assert (s.linger_ms, s.compression, s.raw_partitions) == (50, "none", 6)
+    assert (s.processing_guarantee, s.commit_interval, s.batch_max) == ("exactly_once", 0.1, 1000)
+    assert (s.compression, s.raw_partitions) == ("none", 6)
 
 
 def test_every_option_is_documented_in_the_readme():
@@ -34,7 +34,7 @@ def test_command_line_overrides_the_environment():
         ({"CAMELEER_COMMIT_INTERVAL": "0"}, "CAMELEER_COMMIT_INTERVAL must be positive"),
         ({"CAMELEER_BATCH_MAX": "0"}, "CAMELEER_BATCH_MAX must be at least 1"),
         ({"CAMELEER_COMPRESSION": "snappy"}, "CAMELEER_COMPRESSION must be none or gzip"),
-        ({"CAMELEER_LINGER_MS": "soon"}, "bad setting"),
+        ({"CAMELEER_BATCH_MAX": "many"}, "bad setting"),
         ({"CAMELEER_PROCESSING_GUARANTEE": "maybe"}, "exactly_once or at_least_once"),
     ],
 )

@@ -96,10 +96,11 @@ def test_writes_stay_in_the_overlay_until_the_transaction_commits(db):
     assert db.db.get(b"ea") is None  # RocksDB does not, yet
     assert changelog.sent == []  # nothing is sent before the commit
     assert store.due(0, 10, 100) == [index_key(5, "a")]
+    store.seal()
     store.send_changelog(0, changelog.add)
     # one record per key, its last value, in the partition's transaction
     assert changelog.sent == [(b"ea", b"1", 0), (index_key(5, "a"), b"", 0)]
-    store.committed([0], {0: 41})
+    store.committed({0: 41})
     assert db.db.get(b"ea") == b"1"
     assert db.db.get(OFFSET_KEY) == b"41"  # the changelog offset the state reaches
     assert store.dirty_partitions() == set()
@@ -127,5 +128,6 @@ def test_a_key_written_and_deleted_within_a_transaction_never_reaches_the_change
     store, changelog = store_over(db)
     store.apply(0, {index_key(5, "a"): b"", b"ea": b"held"})
     store.apply(0, {index_key(5, "a"): None, index_key(3, "b"): None, b"ea": b"marker"})
+    store.seal()
     store.send_changelog(0, changelog.add)
     assert changelog.sent == [(b"ea", b"marker", 0), (index_key(3, "b"), None, 0)]
