@@ -42,7 +42,6 @@ from faust.transport.drivers.aiokafka import (
     AIOKafkaConsumerThread,
     Consumer,
     Transport,
-    server_list,
 )
 from faust.types import TP
 
@@ -336,8 +335,7 @@ class MergerConsumer(Consumer):
         ends = await super().highwaters(*partitions)
         if not self.in_transaction:
             return ends
-        bootstrap = server_list(self.transport.url, self.transport.default_port)
-        return await after_last_records(bootstrap, ends)
+        return await after_last_records(self.app.connection, ends)
 
     def _new_consumer_thread(self):
         return MergerConsumerThread(self, loop=self.loop, beacon=self.beacon)

@@ -59,7 +59,7 @@ def create_app(settings: Settings, layout: Layout) -> faust.App:
     partitions = layout.raw_partitions
     app = MergerApp(
         settings.app_id,
-        broker=f"kafka://{settings.bootstrap_servers}",
+        **settings.connection.faust_kwargs(),  # broker URLs and credentials
         store="rocksdb://",
         datadir=str(settings.state_dir),
         processing_guarantee=settings.processing_guarantee,
@@ -99,9 +99,7 @@ def create_app(settings: Settings, layout: Layout) -> faust.App:
     store = StateStore(held)
     MergerTransactionManager.store = store
     MergerTransactionManager.source_topics = frozenset({settings.raw_topic, rekey_name})
-    registry = AgentRegistry(
-        settings.bootstrap_servers, settings.agents_topic, layout.agents_partitions
-    )
+    registry = AgentRegistry(settings.connection, settings.agents_topic, layout.agents_partitions)
     rules = Rules(
         stale_after_ms=int(settings.stale_after * 1000),
         dedupe_window_ms=int(settings.dedupe_window * 1000),
@@ -137,12 +135,13 @@ def create_app(settings: Settings, layout: Layout) -> faust.App:
 
     async def first_record_at(tp, start: int) -> int | None:
         isolation = "read_committed" if settings.exactly_once else "read_uncommitted"
-        return await probes.first_record_at(settings.bootstrap_servers, isolation, tp, start)
+        return await probes.first_record_at(settings.connection, isolation, tp, start)
 
     processor.committed_offset = committed_offset
     processor.first_record_at = first_record_at
     app.processor = processor  # for views and tests
     app.registry = registry
+    app.connection = settings.connection  # for the probes in app.transactions
 
     @app.task(on_leader=False)
     async def _start_registry() -> None:
