@@ -48,30 +48,48 @@ class AccessDenied(RuntimeError):
     """A permission the worker needs and does not have, named in one line."""
 
 
+RESOURCE_NAMES = {
+    "topic": "topic",
+    "group": "consumer group",
+    "transactional-id": "transactional id",
+}
+
+
 @dataclass(frozen=True)
 class Grant:
-    """One kafka-acls grant: operations on a resource (a name, or every name it prefixes)."""
+    """ACLs on one resource (a name, or every name it prefixes), as kafka-acls says them."""
 
-    resource: str  # as kafka-acls says it: topic, group, transactional-id
+    resource: str  # topic, group, transactional-id
     name: str
     operations: tuple[str, ...]
     prefixed: bool = False
 
-    def kafka_acls(self, principal: str) -> str:
-        ops = " ".join(f"--operation {op}" for op in self.operations)
+    def arguments(self, operations: tuple[str, ...] | None = None) -> str:
+        ops = " ".join(f"--operation {op}" for op in operations or self.operations)
         pattern = " --resource-pattern-type prefixed" if self.prefixed else ""
-        return f"--add --allow-principal {principal} {ops}{pattern} --{self.resource} {self.name}"
+        return f"{ops}{pattern} --{self.resource} {self.name}"
 
     def denied(self, principal: str, operation: str, name: str) -> AccessDenied:
-        what = f"{self.resource} {name!r}"
+        """The one line that says what is missing and how to grant it."""
         return AccessDenied(
-            f"not authorized: {principal} may not {operation} {what}; it needs "
-            f"{operation} on {self.resource} {self.name!r}"
-            f"{' (prefixed)' if self.prefixed else ''}: kafka-acls "
-            f"--add --allow-principal {principal} --operation {operation}"
-            f"{' --resource-pattern-type prefixed' if self.prefixed else ''} "
-            f"--{self.resource} {self.name}"
+            f"not authorized: {principal} may not {operation} {RESOURCE_NAMES[self.resource]} "
+            f"{name!r}; grant it with: kafka-acls --add --allow-principal {principal} "
+            f"{self.arguments((operation,))}"
         )
+
+
+def kafka_acls_commands(grants: list[Grant], principal: str) -> list[str]:
+    """kafka-acls arguments granting `grants`, one command per resource type, pattern and
+    operations (kafka-acls takes several names of one type in one command)."""
+    commands: dict[tuple, list[str]] = {}
+    for g in grants:
+        commands.setdefault((g.resource, g.prefixed, g.operations), []).append(g.name)
+    out = []
+    for (resource, prefixed, operations), names in commands.items():
+        grant = Grant(resource, names[0], operations, prefixed)
+        args = grant.arguments() + "".join(f" --{resource} {n}" for n in names[1:])
+        out.append(f"--add --allow-principal {principal} {args}")
+    return out
 
 
 def internal_prefix(app_id: str) -> str:
