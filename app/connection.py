@@ -155,8 +155,8 @@ class Connection:
         """The KAFKA_* variables (see OPTIONS); the password may come from a file."""
         env = os.environ if env is None else env
 
-        def get(name: str, default: str = "") -> str | None:
-            return env.get(name, default).strip() or None
+        def get(name: str) -> str | None:
+            return env.get(name, "").strip() or None
 
         password, password_file = env.get("KAFKA_SASL_PASSWORD") or None, None
         if get("KAFKA_SASL_PASSWORD_FILE"):
@@ -166,7 +166,7 @@ class Connection:
             password = Path(password_file).read_text(encoding="utf-8").removesuffix("\n")
             password = password.removesuffix("\r") or None
         return cls(
-            bootstrap_servers=get("KAFKA_BOOTSTRAP_SERVERS", DEFAULT_BOOTSTRAP),
+            bootstrap_servers=get("KAFKA_BOOTSTRAP_SERVERS") or DEFAULT_BOOTSTRAP,
             security_protocol=(get("KAFKA_SECURITY_PROTOCOL") or "PLAINTEXT").upper(),
             sasl_mechanism=(get("KAFKA_SASL_MECHANISM") or "PLAIN").upper(),
             sasl_username=get("KAFKA_SASL_USERNAME"),
@@ -190,7 +190,7 @@ class Connection:
         """Who the brokers' ACLs see (for messages; a client certificate's DN is not read)."""
         if self.sasl:
             return f"User:{self.sasl_username}"
-        return "the client certificate's principal" if self.ssl_certfile else "User:ANONYMOUS"
+        return "User:<the client certificate's subject>" if self.ssl_certfile else "User:ANONYMOUS"
 
     @cached_property
     def ssl_context(self) -> ssl.SSLContext | None:
