@@ -42,6 +42,7 @@ UNKNOWN_TOPIC_OR_PARTITION = 3
 TOPIC_AUTHORIZATION_FAILED = 29
 GROUP_AUTHORIZATION_FAILED = 30
 TRANSACTIONAL_ID_AUTHORIZATION_FAILED = 53
+UNKNOWN_OPERATIONS = -(2**31)  # "authorized operations" not given
 
 
 class AccessDenied(RuntimeError):
@@ -191,7 +192,13 @@ class TopicInfo:
         return self.error_code == 0 and self.partitions > 0
 
     def may(self, operation: str) -> bool:
-        return bool(self.operations & (1 << OPERATIONS[operation]))
+        return _allows(self.operations, operation)
+
+
+def _allows(operations: int, operation: str) -> bool:
+    # A broker that does not say (INT32_MIN) is not taken for a refusal: the clients
+    # will find out, later and less clearly, but the worker is not kept from running.
+    return operations == UNKNOWN_OPERATIONS or bool(operations & (1 << OPERATIONS[operation]))
 
 
 async def describe_topics(
@@ -275,7 +282,7 @@ async def check_group(admin: AIOKafkaAdminClient, principal: str, grant: Grant) 
         raise grant.denied(principal, "Read", grant.name) from None
     response = await admin._send_request(_GroupWithOperations(grant.name), node)
     for group in response.to_object()["groups"]:
-        allowed = group["authorized_operations"] & (1 << OPERATIONS["Read"])
+        allowed = _allows(group["authorized_operations"], "Read")
         if group["error_code"] == GROUP_AUTHORIZATION_FAILED or not allowed:
             raise grant.denied(principal, "Read", grant.name)
 
