@@ -15,12 +15,14 @@ def main(argv: list[str] | None = None) -> None:
         settings = Settings.from_env()
     except ValueError as exc:
         sys.exit(f"cameleer-merger: {exc}")
+    from aiokafka.errors import KafkaError
+
     from .topics import ensure_topics
     from .worker import create_app
 
     try:
         layout = asyncio.run(ensure_topics(settings))
-    except RuntimeError as exc:
+    except (RuntimeError, KafkaError) as exc:  # refused, unreachable, not authorized: one line
         sys.exit(f"cameleer-merger: {exc}")
     settings.state_dir.mkdir(parents=True, exist_ok=True)
     app = create_app(settings, layout)

@@ -7,6 +7,9 @@ import os
 from dataclasses import dataclass, fields
 from pathlib import Path
 
+from .connection import DEFAULT_BOOTSTRAP, Connection
+from .connection import OPTIONS as CONNECTION_OPTIONS
+
 
 @dataclass(frozen=True)
 class Option:
@@ -16,8 +19,9 @@ class Option:
     help: str
 
 
-OPTIONS = (
-    Option("KAFKA_BOOTSTRAP_SERVERS", "--bootstrap-servers", "localhost:9092", "Kafka brokers"),
+# One per Settings field, in order (Settings.connection is built from the KAFKA_* ones).
+SETTINGS_OPTIONS = (
+    Option("KAFKA_BOOTSTRAP_SERVERS", "--bootstrap-servers", DEFAULT_BOOTSTRAP, "Kafka brokers"),
     Option("CAMELEER_RAW_TOPIC", "--raw-topic", "cameleer.executions.raw", "raw event topic"),
     Option("CAMELEER_OUTPUT_TOPIC", "--output-topic", "cameleer.executions", "merged topic"),
     Option("CAMELEER_DLQ_TOPIC", "--dlq-topic", "cameleer.executions.dlq", "dead-letter topic"),
@@ -66,6 +70,7 @@ OPTIONS = (
         "producer compression: none or gzip",
     ),
 )
+OPTIONS = SETTINGS_OPTIONS + tuple(Option(*o) for o in CONNECTION_OPTIONS)
 
 
 @dataclass(frozen=True)
@@ -87,6 +92,7 @@ class Settings:
     commit_interval: float
     batch_max: int
     compression: str
+    connection: Connection  # bootstrap servers and security: every client connects with it
 
     @property
     def exactly_once(self) -> bool:
@@ -95,11 +101,14 @@ class Settings:
     @classmethod
     def from_env(cls, env: dict[str, str] | None = None) -> Settings:
         env = os.environ if env is None else env
-        raw = {f.name: env.get(o.env, o.default) for f, o in zip(fields(cls), OPTIONS, strict=True)}
-        return cls._parse(raw)
+        own = [f for f in fields(cls) if f.name != "connection"]
+        raw = {
+            f.name: env.get(o.env, o.default) for f, o in zip(own, SETTINGS_OPTIONS, strict=True)
+        }
+        return cls._parse(raw, Connection.from_env(env))
 
     @classmethod
-    def _parse(cls, raw: dict[str, str]) -> Settings:
+    def _parse(cls, raw: dict[str, str], connection: Connection) -> Settings:
         guarantee = raw["processing_guarantee"].strip().lower()
         if guarantee not in ("exactly_once", "at_least_once"):
             raise ValueError(
@@ -130,6 +139,7 @@ class Settings:
                 commit_interval=float(raw["commit_interval"]),
                 batch_max=int(raw["batch_max"]),
                 compression=raw["compression"].strip().lower(),
+                connection=connection,
             )
         except ValueError as exc:
             raise ValueError(f"bad setting: {exc}") from None
@@ -153,9 +163,8 @@ def argument_parser() -> argparse.ArgumentParser:
         epilog="Each option defaults to its environment variable, then to the built-in default.",
     )
     for opt in OPTIONS:
-        parser.add_argument(
-            opt.flag, metavar=opt.env, help=f"{opt.help} (${opt.env}, default {opt.default})"
-        )
+        default = f"default {opt.default}" if opt.default else "no default"
+        parser.add_argument(opt.flag, metavar=opt.env, help=f"{opt.help} (${opt.env}, {default})")
     return parser
 
 

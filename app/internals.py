@@ -45,10 +45,10 @@ from faust.transport.drivers.aiokafka import (
     AIOKafkaConsumerThread,
     Consumer,
     Transport,
-    server_list,
 )
 
 from . import kip447
+from .connection import Connection
 from .engine import Engine
 from .kip447 import GroupMetadata
 from .probes import after_last_records
@@ -255,9 +255,10 @@ class MergerConsumerThread(AIOKafkaConsumerThread):
 
 
 class MergerConsumer(Consumer):
-    def __init__(self, *args, engine: Engine, **kwargs) -> None:
+    def __init__(self, *args, engine: Engine, connection: Connection, **kwargs) -> None:
         super().__init__(*args, **kwargs)
         self._engine = engine
+        self._connection = connection  # for the short reads of app.probes
         engine.attach(self)
 
     def _new_consumer_thread(self):
@@ -339,8 +340,7 @@ class MergerConsumer(Consumer):
         ends = await super().highwaters(*partitions)
         if not self.in_transaction:
             return ends
-        bootstrap = server_list(self.transport.url, self.transport.default_port)
-        return await after_last_records(bootstrap, ends)
+        return await after_last_records(self._connection, ends)
 
 
 class MergerTransactionManager(TransactionManager):
@@ -360,13 +360,19 @@ class MergerTransactionManager(TransactionManager):
 
 
 class MergerTransport(Transport):
-    def __init__(self, url, app, *, engine: Engine, **kwargs) -> None:
+    def __init__(self, url, app, *, engine: Engine, connection: Connection, **kwargs) -> None:
         super().__init__(url, app, **kwargs)
         self._engine = engine
+        self._connection = connection
 
     def create_consumer(self, callback, **kwargs):
         return MergerConsumer(
-            self, callback=callback, loop=self.loop, engine=self._engine, **kwargs
+            self,
+            callback=callback,
+            loop=self.loop,
+            engine=self._engine,
+            connection=self._connection,
+            **kwargs,
         )
 
     def create_transaction_manager(self, consumer, producer, **kwargs):
@@ -376,9 +382,10 @@ class MergerTransport(Transport):
 class MergerApp(faust.App):
     """faust.App with the batch engine's transport."""
 
-    def __init__(self, *args, engine: Engine, registry, **kwargs) -> None:
+    def __init__(self, *args, engine: Engine, registry, connection: Connection, **kwargs) -> None:
         self._engine = engine
         self._registry = registry
+        self._connection = connection
         super().__init__(*args, **kwargs)
 
     async def on_start(self) -> None:
@@ -389,7 +396,9 @@ class MergerApp(faust.App):
         self.add_future(self._registry.start())
 
     def _new_transport(self):
-        return MergerTransport(self.conf.broker_consumer, self, engine=self._engine)
+        return MergerTransport(
+            self.conf.broker_consumer, self, engine=self._engine, connection=self._connection
+        )
 
     async def on_stop(self) -> None:
         await super().on_stop()  # stops the consumer (the engine commits) first

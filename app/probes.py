@@ -13,6 +13,8 @@ from contextlib import asynccontextmanager
 
 from aiokafka import AIOKafkaConsumer, TopicPartition
 
+from .connection import Connection
+
 log = logging.getLogger(__name__)
 
 
@@ -31,9 +33,9 @@ async def stop_quietly(consumer: AIOKafkaConsumer) -> None:
 
 
 @asynccontextmanager
-async def reader(bootstrap, isolation_level: str) -> AsyncIterator[AIOKafkaConsumer]:
+async def reader(connection: Connection, isolation_level: str) -> AsyncIterator[AIOKafkaConsumer]:
     consumer = AIOKafkaConsumer(
-        bootstrap_servers=bootstrap, isolation_level=isolation_level, enable_auto_commit=False
+        **connection.aiokafka_kwargs(), isolation_level=isolation_level, enable_auto_commit=False
     )
     try:
         await consumer.start()
@@ -49,9 +51,11 @@ def _at(consumer: AIOKafkaConsumer, tp, offset: int) -> TopicPartition:
     return atp
 
 
-async def first_record_at(bootstrap, isolation_level: str, tp, start: int) -> int | None:
+async def first_record_at(
+    connection: Connection, isolation_level: str, tp, start: int
+) -> int | None:
     """Offset of the first record readable at or after `start` (None: none within 10 s)."""
-    async with reader(bootstrap, isolation_level) as consumer:
+    async with reader(connection, isolation_level) as consumer:
         atp = _at(consumer, tp, start)
         for _ in range(10):
             batch = await consumer.getmany(atp, timeout_ms=1000, max_records=1)
@@ -60,7 +64,7 @@ async def first_record_at(bootstrap, isolation_level: str, tp, start: int) -> in
         return None
 
 
-async def after_last_records(bootstrap, ends, deadline_s: float = 30.0) -> dict:
+async def after_last_records(connection: Connection, ends, deadline_s: float = 30.0) -> dict:
     """Per changelog partition, the offset after its last committed record.
 
     A transactional changelog ends with a commit marker, which no consumer ever
@@ -71,7 +75,7 @@ async def after_last_records(bootstrap, ends, deadline_s: float = 30.0) -> dict:
     """
     out = dict(ends)
     try:
-        async with reader(bootstrap, "read_committed") as consumer:
+        async with reader(connection, "read_committed") as consumer:
             stop_at = asyncio.get_running_loop().time() + deadline_s
             for tp, end in ends.items():
                 out[tp] = await _after_last_record(consumer, tp, end, stop_at)

@@ -13,6 +13,8 @@ import logging
 import orjson
 from aiokafka import AIOKafkaConsumer, TopicPartition
 
+from .connection import Connection
+
 log = logging.getLogger(__name__)
 
 
@@ -30,8 +32,8 @@ def parse_registration(value: bytes | None) -> tuple[str, int] | None:
 
 
 class AgentRegistry:
-    def __init__(self, bootstrap_servers: str, topic: str, partitions: int) -> None:
-        self.bootstrap_servers = bootstrap_servers
+    def __init__(self, connection: Connection, topic: str, partitions: int) -> None:
+        self.connection = connection
         self.topic = topic
         self.partitions = partitions
         self.versions: dict[str, int] = {}
@@ -54,7 +56,7 @@ class AgentRegistry:
 
     async def _catch_up(self, catch_up_timeout: float) -> None:
         consumer = AIOKafkaConsumer(
-            bootstrap_servers=self.bootstrap_servers,
+            **self.connection.aiokafka_kwargs(),
             enable_auto_commit=False,
             auto_offset_reset="earliest",
             isolation_level="read_committed",

@@ -8,14 +8,13 @@ holds exactly the executions of raw partition p.
 
 from __future__ import annotations
 
-import asyncio
 import logging
-import time
 from dataclasses import dataclass
 
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 from aiokafka.errors import KafkaError, TopicAlreadyExistsError
 
+from . import access
 from .config import Settings
 
 log = logging.getLogger(__name__)
@@ -31,20 +30,27 @@ def rekey_topic_name(settings: Settings) -> str:
     return f"{settings.app_id}-rekey"
 
 
-async def _partitions(admin: AIOKafkaAdminClient, topic: str) -> int | None:
-    described = await admin.describe_topics([topic])
-    info = described[0]
-    if info.get("error_code", 0) != 0 or not info.get("partitions"):
-        return None
-    return len(info["partitions"])
+def changelog_topic_name(settings: Settings) -> str:
+    return f"{settings.app_id}-held-changelog"  # Faust's name for the "held" table's changelog
 
 
-async def _create(admin, name: str, partitions: int, replication: int, config: dict) -> None:
-    try:
-        await admin.create_topics([NewTopic(name, partitions, replication, topic_configs=config)])
-        log.info("created topic %s (%d partitions, %s)", name, partitions, config)
-    except TopicAlreadyExistsError:
-        pass  # another worker won the race
+def leader_topic_name(settings: Settings) -> str:
+    return f"{settings.app_id}-__assignor-__leader"  # Faust's, for its partition assignor
+
+
+async def _create(
+    admin, name: str, partitions: int, replication: int, config: dict, principal: str, grant
+) -> None:
+    # aiokafka returns CreateTopics errors instead of raising them
+    new = NewTopic(name, partitions, replication, topic_configs=config)
+    response = await admin.create_topics([new])
+    for _topic, code, *message in response.topic_errors:
+        if code == access.TOPIC_AUTHORIZATION_FAILED:
+            raise grant.denied(principal, "Create", name)
+        if code not in (0, TopicAlreadyExistsError.errno):  # already there: another worker won
+            detail = message[0] if message and message[0] else f"error code {code}"
+            raise RuntimeError(f"could not create topic {name}: {detail}")
+    log.info("created topic %s (%d partitions, %s)", name, partitions, config)
 
 
 @dataclass(frozen=True)
@@ -55,48 +61,92 @@ class Layout:
 
 
 async def ensure_topics(settings: Settings, timeout: float = 60.0) -> Layout:
-    """Create what is missing; return the partition counts the worker needs."""
-    admin = AIOKafkaAdminClient(bootstrap_servers=settings.bootstrap_servers)
-    deadline = time.monotonic() + timeout
-    while True:
-        try:
-            await admin.start()
-            break
-        except KafkaError as exc:
-            if time.monotonic() > deadline:
-                raise RuntimeError(
-                    f"no Kafka broker answers at {settings.bootstrap_servers}: {exc}"
-                ) from None
-            await asyncio.sleep(1.0)  # retry interval while the broker comes up
+    """Create what is missing; return the partition counts the worker needs.
+
+    Connects as every client of the worker will (app.connection) and checks the
+    ACLs it needs (app.access), so that a refused connection or a missing
+    permission is one line here, not a traceback once the worker runs.
+    """
+    connection = settings.connection
+    log.info("connecting to %s", connection.describe())
+    await connection.check(timeout)  # KafkaRefused at once, KafkaUnreachable after timeout
+    admin = AIOKafkaAdminClient(**connection.aiokafka_kwargs())
     try:
-        metadata = await admin.describe_cluster()
-        replication = min(3, len(metadata["brokers"]))
-        raw = await _partitions(admin, settings.raw_topic)
-        if raw is None:
-            log.warning(
-                "raw topic %s is missing: creating it with %d partitions",
-                settings.raw_topic,
-                settings.raw_partitions,
-            )
-            await _create(admin, settings.raw_topic, settings.raw_partitions, replication, {})
-            raw = settings.raw_partitions
-        wanted = [
-            (settings.output_topic, raw, OUTPUT_CONFIG),
-            (settings.dlq_topic, raw, DLQ_CONFIG),
-            (settings.agents_topic, 1, AGENTS_CONFIG),
-            (rekey_topic_name(settings), raw, REKEY_CONFIG),
-        ]
-        counts = {}
-        for name, partitions, config in wanted:
-            existing = await _partitions(admin, name)
-            counts[name] = existing or partitions
-            if existing is None:
-                await _create(admin, name, partitions, replication, config)
-            elif name in (settings.output_topic, rekey_topic_name(settings)) and existing != raw:
-                raise RuntimeError(
-                    f"output topic {name} has {existing} partitions but the raw topic has {raw}: "
-                    "they must match (each output partition holds one raw partition's executions)"
-                )
-        return Layout(raw, counts[settings.agents_topic], counts[settings.dlq_topic])
+        await admin.start()
+    except KafkaError as exc:
+        raise RuntimeError(
+            f"cannot connect to Kafka at {connection.bootstrap_servers}: {exc}"
+        ) from None
+    try:
+        return await _prepare(admin, settings)
     finally:
         await admin.close()
+
+
+async def _prepare(admin: AIOKafkaAdminClient, settings: Settings) -> Layout:
+    principal = settings.connection.principal
+    raw_grant, agents_grant, output_grant, dlq_grant, internal, group, *tid = access.needed(
+        settings
+    )
+    rekey, changelog, leader = (
+        rekey_topic_name(settings),
+        changelog_topic_name(settings),
+        leader_topic_name(settings),
+    )
+    names = [settings.raw_topic, settings.agents_topic, settings.output_topic]
+    names += [settings.dlq_topic, rekey, changelog, leader]
+    infos, brokers = await access.describe_topics(admin, names)
+    replication = min(3, brokers)
+    raw_info = infos[settings.raw_topic]
+    if raw_info.error_code == access.TOPIC_AUTHORIZATION_FAILED:
+        raise raw_grant.denied(principal, "Read", settings.raw_topic)
+    raw = raw_info.partitions
+    if not raw_info.exists:
+        log.warning(
+            "raw topic %s is missing: creating it with %d partitions",
+            settings.raw_topic,
+            settings.raw_partitions,
+        )
+        raw = settings.raw_partitions
+    wanted = [
+        (settings.raw_topic, raw, {}, raw_grant),
+        (settings.output_topic, raw, OUTPUT_CONFIG, output_grant),
+        (settings.dlq_topic, raw, DLQ_CONFIG, dlq_grant),
+        (settings.agents_topic, 1, AGENTS_CONFIG, agents_grant),
+        (rekey, raw, REKEY_CONFIG, internal),
+    ]
+    created = False
+    for name, partitions, config, grant in wanted:
+        info = infos[name]
+        if info.error_code == access.TOPIC_AUTHORIZATION_FAILED:
+            raise grant.denied(principal, grant.operations[0], name)
+        if not info.exists:
+            await _create(admin, name, partitions, replication, config, principal, grant)
+            created = True
+        elif name in (settings.output_topic, rekey) and info.partitions != raw:
+            raise RuntimeError(
+                f"output topic {name} has {info.partitions} partitions but the raw topic has "
+                f"{raw}: they must match (each output partition holds one raw partition's "
+                "executions)"
+            )
+    if created:
+        infos, _ = await access.describe_topics(admin, names)
+    for name, _partitions, _config, grant in wanted:
+        await access.check_topic(admin, principal, grant, infos[name])
+    # Faust makes these two itself; they need Create while they do not exist
+    changelog_topic = NewTopic(
+        changelog, raw, replication, topic_configs={"cleanup.policy": "compact"}
+    )
+    await access.check_topic(admin, principal, internal, infos[changelog], changelog_topic)
+    leader_topic = NewTopic(leader, 1, replication)
+    await access.check_topic(
+        admin, principal, internal, infos[leader], leader_topic, operations=("Read",)
+    )
+    await access.check_group(admin, principal, group)
+    if tid:
+        await access.check_transactional_id(admin, principal, tid[0], group)
+    return Layout(
+        raw,
+        infos[settings.agents_topic].partitions or 1,
+        infos[settings.dlq_topic].partitions or raw,
+    )

@@ -67,7 +67,7 @@ def worker_id(state_dir: Path) -> str:
 
 def producer_factory(settings: Settings, transactional_id: str):
     common = dict(
-        bootstrap_servers=settings.bootstrap_servers,
+        **settings.connection.aiokafka_kwargs(),
         acks="all",
         enable_idempotence=True,
         max_batch_size=PRODUCER_BATCH_BYTES,
@@ -91,9 +91,7 @@ def create_app(settings: Settings, layout: Layout) -> faust.App:
     partitions = layout.raw_partitions
     rekey_name = rekey_topic_name(settings)
     counts: Counter[str] = Counter()
-    registry = AgentRegistry(
-        settings.bootstrap_servers, settings.agents_topic, layout.agents_partitions
-    )
+    registry = AgentRegistry(settings.connection, settings.agents_topic, layout.agents_partitions)
     rules = Rules(
         stale_after_ms=int(settings.stale_after * 1000),
         dedupe_window_ms=int(settings.dedupe_window * 1000),
@@ -109,7 +107,7 @@ def create_app(settings: Settings, layout: Layout) -> faust.App:
 
     async def first_record_at(tp, start: int) -> int | None:
         isolation = "read_committed" if settings.exactly_once else "read_uncommitted"
-        return await probes.first_record_at(settings.bootstrap_servers, isolation, tp, start)
+        return await probes.first_record_at(settings.connection, isolation, tp, start)
 
     # The app and the engine need each other: the table lives in the app, the
     # app's consumer feeds the engine. The store is bound once the table exists.
@@ -132,7 +130,8 @@ def create_app(settings: Settings, layout: Layout) -> faust.App:
         settings.app_id,
         engine=engine,
         registry=registry,
-        broker=f"kafka://{settings.bootstrap_servers}",
+        connection=settings.connection,
+        **settings.connection.faust_kwargs(),  # broker URLs and credentials
         store="rocksdb://",
         datadir=str(settings.state_dir),
         processing_guarantee=settings.processing_guarantee,
@@ -168,6 +167,7 @@ def create_app(settings: Settings, layout: Layout) -> faust.App:
     store.bind(held)
     app.engine = engine  # for views and tests
     app.registry = registry
+    app.connection = settings.connection  # for the probes in app.transactions
 
     # A read_committed reader sees a record when its transaction commits: the
     # commit interval bounds the latency from below.

@@ -12,6 +12,8 @@ import sys
 import time
 import uuid
 
+from app.connection import Connection
+
 from . import report
 from .common import (
     WORK_DIR,
@@ -64,7 +66,7 @@ def main(argv: list[str] | None = None) -> int:
         "args": {k: v for k, v in vars(args).items()},
     }
     try:
-        with broker_for_run(run_dir) as (bootstrap, where):
+        with broker_for_run(run_dir) as (kafka, where):
             result["environment"] = {
                 "cpus": os.cpu_count(),
                 "loadavg": [round(x, 2) for x in os.getloadavg()],
@@ -73,11 +75,11 @@ def main(argv: list[str] | None = None) -> int:
                 "guarantee": "exactly_once",
             }
             if do_throughput:
-                result["throughput"] = asyncio.run(throughput(bootstrap, args, run_dir))
+                result["throughput"] = asyncio.run(throughput(kafka, args, run_dir))
             if do_latency:
-                result["latency"] = asyncio.run(latency(bootstrap, args, run_dir))
+                result["latency"] = asyncio.run(latency(kafka, args, run_dir))
             if do_hold:
-                result["hold"] = asyncio.run(hold(bootstrap, args, run_dir))
+                result["hold"] = asyncio.run(hold(kafka, args, run_dir))
     finally:
         if not args.keep:
             shutil.rmtree(run_dir, ignore_errors=True)
@@ -89,27 +91,27 @@ def main(argv: list[str] | None = None) -> int:
     return 0
 
 
-async def throughput(bootstrap: str, args: argparse.Namespace, run_dir) -> dict:
+async def throughput(kafka: Connection, args: argparse.Namespace, run_dir) -> dict:
     from .preload import preload
     from .throughput import ceiling, worker_run
 
     topics = fresh_topics("tp")
     sink = f"ceiling-{topics.raw}"
-    await create_topics(bootstrap, topics, extra=(sink,))
+    await create_topics(kafka, topics, extra=(sink,))
     say(f"throughput: preloading {args.executions:,} executions into {topics.raw}")
     try:
-        pre = await preload(bootstrap, topics, args.seed, args.executions)
+        pre = await preload(kafka, topics, args.seed, args.executions)
         say("throughput (a): the ceiling, a plain aiokafka consume-and-produce passthrough")
-        ceil = await ceiling(bootstrap, topics, sink, pre.records)
+        ceil = await ceiling(kafka, topics, sink, pre.records)
         say("throughput (b): the worker (exactly_once), timed until its output is readable")
         profile_to = None
         if args.profile:
             report.RESULTS_DIR.mkdir(parents=True, exist_ok=True)
             profile_to = report.RESULTS_DIR / f"profile-{time.strftime('%Y%m%d-%H%M%S')}.txt"
-        work = await worker_run(bootstrap, topics, pre, run_dir / "tp-worker", profile_to)
+        work = await worker_run(kafka, topics, pre, run_dir / "tp-worker", profile_to)
     finally:
         if not args.keep:
-            await delete_topics(bootstrap, all_topics(topics, sink))
+            await delete_topics(kafka, all_topics(topics, sink))
     ratio = work["events_per_s"] / ceil["events_per_s"]
     say(f"throughput ratio b/a = {ratio:.3f}")
     return {
@@ -121,11 +123,11 @@ async def throughput(bootstrap: str, args: argparse.Namespace, run_dir) -> dict:
     }
 
 
-async def latency(bootstrap: str, args: argparse.Namespace, run_dir) -> dict:
+async def latency(kafka: Connection, args: argparse.Namespace, run_dir) -> dict:
     from .latency import latency as run
 
     return await run(
-        bootstrap,
+        kafka,
         run_dir / "lat-worker",
         args.rates,
         args.latency_seconds,
@@ -135,17 +137,17 @@ async def latency(bootstrap: str, args: argparse.Namespace, run_dir) -> dict:
     )
 
 
-async def hold(bootstrap: str, args: argparse.Namespace, run_dir) -> dict:
+async def hold(kafka: Connection, args: argparse.Namespace, run_dir) -> dict:
     from .hold import hold as run
 
     topics = fresh_topics("hold")
-    await create_topics(bootstrap, topics)
+    await create_topics(kafka, topics)
     say(f"memory: {args.hold:,} RUNNING executions for the worker to hold")
     try:
-        return await run(bootstrap, topics, run_dir / "hold-worker", args.hold, args.seed)
+        return await run(kafka, topics, run_dir / "hold-worker", args.hold, args.seed)
     finally:
         if not args.keep:
-            await delete_topics(bootstrap, all_topics(topics))
+            await delete_topics(kafka, all_topics(topics))
 
 
 if __name__ == "__main__":

@@ -17,6 +17,7 @@ from aiokafka import AIOKafkaConsumer
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 
 import localkafka
+from app.connection import Connection
 from chaos.processes import Topics, WorkerProcess
 
 PARTITIONS = 6
@@ -51,19 +52,24 @@ class Progress:
 
 
 @contextlib.contextmanager
-def broker_for_run(run_dir: Path) -> Iterator[tuple[str, str]]:
-    """(bootstrap, where): KAFKA_BOOTSTRAP_SERVERS when it answers, else a broker of our own."""
-    servers = os.environ.get("KAFKA_BOOTSTRAP_SERVERS", "localhost:9092")
-    host, port = localkafka.parse_bootstrap(servers)
+def broker_for_run(run_dir: Path) -> Iterator[tuple[Connection, str]]:
+    """(connection, where): the KAFKA_* settings' brokers when they answer (TLS and SASL
+    included), else a plaintext broker of our own."""
+    kafka = Connection.from_env()
+    host, port = localkafka.parse_bootstrap(kafka.bootstrap_servers)
     if localkafka.answers(host, port):
-        say(f"using the broker that answers at {servers}")
-        yield servers, f"existing broker at {servers}"
+        say(f"using the broker that answers at {kafka.describe()}")
+        yield kafka, f"existing broker at {kafka.bootstrap_servers}"
         return
-    say(f"no broker at {servers}; starting a local one (data in {run_dir / 'kafka'})")
-    broker = localkafka.start(data_dir=run_dir / "kafka")
+    where = run_dir / "kafka"
+    say(f"no broker at {kafka.bootstrap_servers}; starting a local one (data in {where})")
+    broker = localkafka.start(data_dir=where)
     say(f"local broker up at {broker.bootstrap} (pid {broker.pid})")
     try:
-        yield broker.bootstrap, f"local broker started for the run (pid {broker.pid})"
+        yield (
+            Connection(bootstrap_servers=broker.bootstrap),
+            f"local broker started for the run (pid {broker.pid})",
+        )
     finally:
         say("stopping the local broker")
         broker.stop()
@@ -73,9 +79,9 @@ def fresh_topics(phase: str) -> Topics:
     return Topics.fresh(f"bench-{phase}-{uuid.uuid4().hex[:8]}")
 
 
-async def create_topics(bootstrap: str, topics: Topics, extra: tuple[str, ...] = ()) -> None:
+async def create_topics(kafka: Connection, topics: Topics, extra: tuple[str, ...] = ()) -> None:
     """The raw topic with PARTITIONS partitions (and extra sinks); the worker makes the rest."""
-    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap)
+    admin = AIOKafkaAdminClient(**kafka.aiokafka_kwargs())
     await admin.start()
     try:
         new = [NewTopic(name, PARTITIONS, 1) for name in (topics.raw, *extra)]
@@ -85,9 +91,9 @@ async def create_topics(bootstrap: str, topics: Topics, extra: tuple[str, ...] =
         await admin.close()
 
 
-async def delete_topics(bootstrap: str, names: list[str]) -> None:
+async def delete_topics(kafka: Connection, names: list[str]) -> None:
     """Free the broker's disk after a phase (best effort)."""
-    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap)
+    admin = AIOKafkaAdminClient(**kafka.aiokafka_kwargs())
     try:
         await admin.start()
         existing = set(await admin.list_topics())
@@ -114,10 +120,10 @@ def all_topics(topics: Topics, *extra: str) -> list[str]:
     ]
 
 
-def read_committed_consumer(bootstrap: str, topic: str, **kw) -> AIOKafkaConsumer:
+def read_committed_consumer(kafka: Connection, topic: str, **kw) -> AIOKafkaConsumer:
     return AIOKafkaConsumer(
         topic,
-        bootstrap_servers=bootstrap,
+        **kafka.aiokafka_kwargs(),
         isolation_level="read_committed",
         auto_offset_reset="earliest",
         enable_auto_commit=False,
@@ -221,14 +227,14 @@ def broker_pid(bootstrap: str) -> int | None:
     return None
 
 
-def start_worker(bootstrap: str, topics: Topics, state_dir: Path, **env: str) -> WorkerProcess:
+def start_worker(kafka: Connection, topics: Topics, state_dir: Path, **env: str) -> WorkerProcess:
     """The real `cameleer-merger` command, exactly_once unless env says otherwise."""
     worker_env = {
         "CAMELEER_STALE_AFTER": "3600",  # no stale flush during a benchmark
         "CAMELEER_PROCESSING_GUARANTEE": "exactly_once",
         **env,
     }
-    worker = WorkerProcess(bootstrap, topics, state_dir, worker_env)
+    worker = WorkerProcess(kafka, topics, state_dir, worker_env)
     worker.start(wait=False)
     return worker
 

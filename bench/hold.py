@@ -7,6 +7,7 @@ import time
 from pathlib import Path
 
 import simulator
+from app.connection import Connection
 
 from .common import (
     Progress,
@@ -23,9 +24,9 @@ from .preload import producer
 RUNNING_ONLY = simulator.only(stuck_share=1.0)
 
 
-async def preload_running(bootstrap: str, topics: Topics, seed: int, n: int) -> float:
+async def preload_running(kafka: Connection, topics: Topics, seed: int, n: int) -> float:
     """N RUNNING events (simulator sizes: 400-800 bytes), keyed by execution_id."""
-    prod = producer(bootstrap)
+    prod = producer(kafka)
     await prod.start()
     progress = Progress("hold: RUNNING events produced", total=n)
     started = time.monotonic()
@@ -43,10 +44,10 @@ async def preload_running(bootstrap: str, topics: Topics, seed: int, n: int) -> 
     return seconds
 
 
-async def hold(bootstrap: str, topics: Topics, state_dir: Path, n: int, seed: int) -> dict:
-    produce_seconds = await preload_running(bootstrap, topics, seed, n)
+async def hold(kafka: Connection, topics: Topics, state_dir: Path, n: int, seed: int) -> dict:
+    produce_seconds = await preload_running(kafka, topics, seed, n)
     started = time.monotonic()
-    worker = start_worker(bootstrap, topics, state_dir)
+    worker = start_worker(kafka, topics, state_dir)
     sampler = Sampler(worker.process.pid).start()
     progress = Progress("hold: RUNNING executions held by the worker", total=n)
     first: float | None = None

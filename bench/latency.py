@@ -12,6 +12,7 @@ from pathlib import Path
 from aiokafka import AIOKafkaProducer
 
 import simulator
+from app.connection import Connection
 
 from .common import (
     Sampler,
@@ -63,7 +64,7 @@ class Pool:
 
 
 async def run_rate(
-    bootstrap: str,
+    kafka: Connection,
     topics: Topics,
     pool: Pool,
     rate: int,
@@ -75,7 +76,7 @@ async def run_rate(
     count. The produce time is when the record is handed to the producer (send() called);
     the ack time is kept too."""
     producer = AIOKafkaProducer(
-        bootstrap_servers=bootstrap,
+        **kafka.aiokafka_kwargs(),
         enable_idempotence=True,
         acks="all",
         linger_ms=5,
@@ -222,7 +223,7 @@ def fmt(ms: float | None) -> str:
 
 
 async def latency(
-    bootstrap: str,
+    kafka: Connection,
     state_dir: Path,
     rates: list[int],
     seconds: float,
@@ -237,18 +238,18 @@ async def latency(
     peak = 0
     for rate in rates:
         topics = fresh_topics(f"lat{rate}")
-        await create_topics(bootstrap, topics)
-        await register_agents(bootstrap, topics, seed, v2_share=0.10)
-        worker = start_worker(bootstrap, topics, state_dir / f"rate-{rate}")
+        await create_topics(kafka, topics)
+        await register_agents(kafka, topics, seed, v2_share=0.10)
+        worker = start_worker(kafka, topics, state_dir / f"rate-{rate}")
         sampler = Sampler(worker.process.pid).start()
         consumer = None
         try:
             worker.wait_ready(180)
-            consumer = read_committed_consumer(bootstrap, topics.output)
+            consumer = read_committed_consumer(kafka, topics.output)
             await consumer.start()
             await wait_assigned(consumer)
             say(f"latency: {rate:,} events/s for {warmup:.0f}s warm-up + {seconds:.0f}s")
-            res = await run_rate(bootstrap, topics, pool, rate, seconds, warmup, consumer)
+            res = await run_rate(kafka, topics, pool, rate, seconds, warmup, consumer)
             if not worker.alive:
                 raise RuntimeError(f"worker exited:\n{worker.log_tail()}")
             counts = worker_counts(worker)
@@ -258,7 +259,7 @@ async def latency(
             sampler.stop()
             worker.stop()
             if not keep:
-                await delete_topics(bootstrap, all_topics(topics))
+                await delete_topics(kafka, all_topics(topics))
         res["worker_handled"] = handled(counts)
         res["worker_peak_rss_bytes"] = sampler.peak
         res["worker_cpu_seconds"] = sampler.cpu_seconds

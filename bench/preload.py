@@ -9,6 +9,7 @@ from aiokafka import AIOKafkaProducer
 from aiokafka.partitioner import murmur2
 
 import simulator
+from app.connection import Connection
 from simulator import Kind
 
 from .common import PARTITIONS, Progress, Topics, say
@@ -39,9 +40,9 @@ class Preloaded:
         return dict(self.__dict__)
 
 
-def producer(bootstrap: str, **kw) -> AIOKafkaProducer:
+def producer(kafka: Connection, **kw) -> AIOKafkaProducer:
     return AIOKafkaProducer(
-        bootstrap_servers=bootstrap,
+        **kafka.aiokafka_kwargs(),
         enable_idempotence=True,
         acks="all",
         linger_ms=20,
@@ -52,8 +53,8 @@ def producer(bootstrap: str, **kw) -> AIOKafkaProducer:
     )
 
 
-async def register_agents(bootstrap: str, topics: Topics, seed: int, **options) -> None:
-    prod = producer(bootstrap)
+async def register_agents(kafka: Connection, topics: Topics, seed: int, **options) -> None:
+    prod = producer(kafka)
     await prod.start()
     try:
         for rec in simulator.agent_registrations(seed, **options):
@@ -64,13 +65,13 @@ async def register_agents(bootstrap: str, topics: Topics, seed: int, **options) 
 
 
 async def preload(
-    bootstrap: str, topics: Topics, seed: int, executions: int, **options
+    kafka: Connection, topics: Topics, seed: int, executions: int, **options
 ) -> Preloaded:
     """Produce every record of the workload, in order, as the chaos run's agents do: an
     agent that does not key by execution_id still sends one execution to one partition."""
     options = {**WORKLOAD, **options}
-    await register_agents(bootstrap, topics, seed, **options)
-    prod = producer(bootstrap)
+    await register_agents(kafka, topics, seed, **options)
+    prod = producer(kafka)
     await prod.start()
     # about 2.1 records per execution with the default mix
     progress = Progress("preload records", total=None)

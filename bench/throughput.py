@@ -9,6 +9,8 @@ from pathlib import Path
 
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
 
+from app.connection import Connection
+
 from .common import (
     Progress,
     Sampler,
@@ -30,12 +32,12 @@ from .profile import Profile
 TERMINAL_ORIGINS = {b"merged", b"terminal-only", b"passthrough"}
 
 
-async def ceiling(bootstrap: str, topics: Topics, sink: str, records: int) -> dict:
+async def ceiling(kafka: Connection, topics: Topics, sink: str, records: int) -> dict:
     """(a) consume every raw record and produce it unchanged to `sink`, as fast as aiokafka
     goes: no parsing, no state, no transactions (idempotent producer, acks=all)."""
     consumer = AIOKafkaConsumer(
         topics.raw,
-        bootstrap_servers=bootstrap,
+        **kafka.aiokafka_kwargs(),
         group_id=f"{topics.app_id}-ceiling",
         auto_offset_reset="earliest",
         enable_auto_commit=False,
@@ -43,14 +45,14 @@ async def ceiling(bootstrap: str, topics: Topics, sink: str, records: int) -> di
         max_partition_fetch_bytes=16 * 1024 * 1024,
     )
     producer = AIOKafkaProducer(
-        bootstrap_servers=bootstrap,
+        **kafka.aiokafka_kwargs(),
         enable_idempotence=True,
         acks="all",
         linger_ms=20,
         max_batch_size=1024 * 1024,
         max_request_size=8_000_000,
     )
-    bpid = broker_pid(bootstrap)
+    bpid = broker_pid(kafka.bootstrap_servers)
     await producer.start()
     await consumer.start()
     try:
@@ -92,7 +94,7 @@ async def ceiling(bootstrap: str, topics: Topics, sink: str, records: int) -> di
 
 
 async def worker_run(
-    bootstrap: str,
+    kafka: Connection,
     topics: Topics,
     pre: Preloaded,
     state_dir: Path,
@@ -102,10 +104,10 @@ async def worker_run(
     """(b) start the worker after the preload; time until the read_committed consumer has
     seen one terminal record per expected execution."""
     consumer = None
-    bpid = broker_pid(bootstrap)
+    bpid = broker_pid(kafka.bootstrap_servers)
     broker0 = cpu_of(bpid)
     started = time.monotonic()
-    worker = start_worker(bootstrap, topics, state_dir)
+    worker = start_worker(kafka, topics, state_dir)
     sampler = Sampler(worker.process.pid).start()
     first_handled: float | None = None
     seen: set[bytes] = set()
@@ -123,7 +125,7 @@ async def worker_run(
                 first_handled = time.monotonic()
             await asyncio.sleep(0.2)  # poll for readiness
         ready_at = time.monotonic()
-        consumer = read_committed_consumer(bootstrap, topics.output)
+        consumer = read_committed_consumer(kafka, topics.output)
         await consumer.start()
         await wait_assigned(consumer)
         while len(seen) < pre.expected_outputs:

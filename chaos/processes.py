@@ -15,6 +15,7 @@ from pathlib import Path
 import orjson
 
 import localkafka
+from app.connection import Connection
 
 # The real command, as installed by `pip install -e .`: what `make run` starts.
 WORKER_COMMAND = [str(Path(sys.executable).parent / "cameleer-merger")]
@@ -46,7 +47,7 @@ class Topics:
 class WorkerProcess:
     """One worker: its own state folder and web port, started, stopped, killed, wiped."""
 
-    bootstrap: str
+    connection: Connection | str  # a bare bootstrap address: PLAINTEXT
     topics: Topics
     state_dir: Path
     extra_env: dict[str, str] = field(default_factory=dict)
@@ -54,12 +55,16 @@ class WorkerProcess:
     web_port: int = 0
     starts: int = 0
 
+    def __post_init__(self) -> None:
+        if isinstance(self.connection, str):
+            self.connection = Connection(bootstrap_servers=self.connection)
+
     def start(self, ready_timeout: float = 120.0, wait: bool = True) -> None:
         self.web_port = localkafka.free_port()
         self.state_dir.mkdir(parents=True, exist_ok=True)
         env = {
             **os.environ,
-            "KAFKA_BOOTSTRAP_SERVERS": self.bootstrap,
+            **self.connection.env(),  # every KAFKA_* setting, also those it leaves empty
             **self.topics.env(),
             "CAMELEER_STATE_DIR": str(self.state_dir / "rocksdb"),
             "CAMELEER_WEB_PORT": str(self.web_port),
@@ -83,7 +88,8 @@ class WorkerProcess:
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             if not self.alive:
-                raise RuntimeError(f"worker exited early:\n{self.log_tail()}")
+                code = self.process.returncode
+                raise RuntimeError(f"worker exited early (code {code}):\n{self.log_tail()}")
             if self.ready:
                 return
             time.sleep(0.2)  # poll for readiness

@@ -14,6 +14,7 @@ from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 
 import localkafka
 import simulator
+from app.connection import Connection
 
 from .processes import Topics, WorkerProcess
 from .run import say
@@ -21,9 +22,9 @@ from .run import say
 GOAL_KEPT, GOAL_WIPED = 30.0, 120.0
 
 
-async def _produce(bootstrap: str, topic: str, records, progress_every: int = 20_000) -> None:
+async def _produce(kafka: Connection, topic: str, records, progress_every: int = 20_000) -> None:
     producer = AIOKafkaProducer(
-        bootstrap_servers=bootstrap, enable_idempotence=True, linger_ms=20, max_batch_size=256_000
+        **kafka.aiokafka_kwargs(), enable_idempotence=True, linger_ms=20, max_batch_size=256_000
     )
     await producer.start()
     try:
@@ -37,9 +38,9 @@ async def _produce(bootstrap: str, topic: str, records, progress_every: int = 20
         await producer.stop()
 
 
-async def _lag(bootstrap: str, topics: Topics) -> int:
-    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap)
-    consumer = AIOKafkaConsumer(bootstrap_servers=bootstrap)
+async def _lag(kafka: Connection, topics: Topics) -> int:
+    admin = AIOKafkaAdminClient(**kafka.aiokafka_kwargs())
+    consumer = AIOKafkaConsumer(**kafka.aiokafka_kwargs())
     await admin.start()
     await consumer.start()
     try:
@@ -54,16 +55,16 @@ async def _lag(bootstrap: str, topics: Topics) -> int:
         await admin.close()
 
 
-async def _probe(bootstrap: str, topics: Topics, execution_id: str, timeout: float) -> float:
+async def _probe(kafka: Connection, topics: Topics, execution_id: str, timeout: float) -> float:
     """Send the terminal event of a held execution; seconds until its merge is readable."""
     consumer = AIOKafkaConsumer(
         topics.output,
-        bootstrap_servers=bootstrap,
+        **kafka.aiokafka_kwargs(),
         isolation_level="read_committed",
         auto_offset_reset="latest",
     )
     await consumer.start()
-    producer = AIOKafkaProducer(bootstrap_servers=bootstrap, enable_idempotence=True)
+    producer = AIOKafkaProducer(**kafka.aiokafka_kwargs(), enable_idempotence=True)
     await producer.start()
     try:
         while not consumer.assignment():
@@ -92,12 +93,13 @@ def measure(held: int = 100_000, seed: int = 1) -> tuple[float, float]:
     work = localkafka.CACHE_DIR / "recovery" / run
     topics = Topics.fresh(run)
     broker = localkafka.start(data_dir=work / "kafka")
-    worker = WorkerProcess(broker.bootstrap, topics, work / "w0")
+    kafka = Connection(bootstrap_servers=broker.bootstrap)  # every client of the run
+    worker = WorkerProcess(kafka, topics, work / "w0")
     try:
         say(f"broker at {broker.bootstrap}; generating {held} RUNNING executions")
 
         async def prepare():
-            admin = AIOKafkaAdminClient(bootstrap_servers=broker.bootstrap)
+            admin = AIOKafkaAdminClient(**kafka.aiokafka_kwargs())
             await admin.start()
             try:
                 await admin.create_topics([NewTopic(topics.raw, 6, 1)])
@@ -114,10 +116,10 @@ def measure(held: int = 100_000, seed: int = 1) -> tuple[float, float]:
                 yield step.record.key, step.record.value
 
         worker.start()
-        asyncio.run(_produce(broker.bootstrap, topics.raw, records()))
+        asyncio.run(_produce(kafka, topics.raw, records()))
         deadline = time.monotonic() + 900
         while True:
-            lag = asyncio.run(_lag(broker.bootstrap, topics))
+            lag = asyncio.run(_lag(kafka, topics))
             if lag == 0:
                 break
             if time.monotonic() > deadline:
@@ -133,7 +135,7 @@ def measure(held: int = 100_000, seed: int = 1) -> tuple[float, float]:
             started = time.monotonic()
             worker.start(wait=False)
             say(f"restarted with RocksDB {'wiped' if wipe else 'kept'}; probing")
-            done = asyncio.run(_probe(broker.bootstrap, topics, probe, timeout=600))
+            done = asyncio.run(_probe(kafka, topics, probe, timeout=600))
             figures.append(done - started)
             say(f"processing again after {figures[-1]:.1f}s")
         worker.stop()

@@ -19,6 +19,7 @@ from aiokafka.partitioner import murmur2
 
 import localkafka
 import simulator
+from app.connection import Connection
 from simulator import Workload
 
 from .processes import Topics, WorkerProcess
@@ -75,6 +76,11 @@ class Chaos:
         self.keep = True  # the run's folder stays unless it passed
 
     # ---- the broker and the workers -------------------------------------------------
+    @property
+    def kafka(self) -> Connection:
+        """How every client of the run connects: to the run's own local broker."""
+        return Connection(bootstrap_servers=self.broker.bootstrap)
+
     def start_broker(self) -> None:
         self.broker = localkafka.start(data_dir=self.dir / "kafka")
         say(f"broker up at {self.broker.bootstrap}")
@@ -94,9 +100,7 @@ class Chaos:
                 "CAMELEER_PROCESSING_GUARANTEE": self.config.guarantee,
                 "CAMELEER_TRACE_COMMITS": "1",
             }
-            self.workers.append(
-                WorkerProcess(self.broker.bootstrap, self.topics, self.dir / f"w{n}", env)
-            )
+            self.workers.append(WorkerProcess(self.kafka, self.topics, self.dir / f"w{n}", env))
         return self.workers[slot]
 
     def alive(self) -> list[WorkerProcess]:
@@ -129,7 +133,7 @@ class Chaos:
 
     # ---- topics and traffic ----------------------------------------------------------
     async def create_topics(self, workload: Workload) -> None:
-        admin = AIOKafkaAdminClient(bootstrap_servers=self.broker.bootstrap)
+        admin = AIOKafkaAdminClient(**self.kafka.aiokafka_kwargs())
         await admin.start()
         try:
             await admin.create_topics(
@@ -140,9 +144,7 @@ class Chaos:
             )
         finally:
             await admin.close()
-        producer = AIOKafkaProducer(
-            bootstrap_servers=self.broker.bootstrap, enable_idempotence=True
-        )
+        producer = AIOKafkaProducer(**self.kafka.aiokafka_kwargs(), enable_idempotence=True)
         await producer.start()
         try:
             for rec in workload.agent_registrations():
@@ -157,7 +159,7 @@ class Chaos:
         chunk = max(1, len(records) // 200)
         pause = self.config.produce_seconds / 200
         producer = AIOKafkaProducer(
-            bootstrap_servers=self.broker.bootstrap,
+            **self.kafka.aiokafka_kwargs(),
             enable_idempotence=True,
             linger_ms=5,
             max_request_size=4_000_000,
@@ -262,9 +264,7 @@ class Chaos:
         sentinel, stamped `stale_after` in the past, is due at once and is flushed
         after every stuck execution due before it (a sweep goes in due order).
         """
-        producer = AIOKafkaProducer(
-            bootstrap_servers=self.broker.bootstrap, enable_idempotence=True
-        )
+        producer = AIOKafkaProducer(**self.kafka.aiokafka_kwargs(), enable_idempotence=True)
         await producer.start()
         keys = set()
         stale_ts = int(time.time() * 1000) - self.config.stale_after * 1000
@@ -287,7 +287,7 @@ class Chaos:
     async def read_topic(self, topic: str, timeout: float = 10.0) -> list[OutRecord]:
         consumer = AIOKafkaConsumer(
             topic,
-            bootstrap_servers=self.broker.bootstrap,
+            **self.kafka.aiokafka_kwargs(),
             isolation_level="read_committed",
             auto_offset_reset="earliest",
             enable_auto_commit=False,

@@ -5,6 +5,11 @@ Maven fetches the broker jars from Maven Central into `.cache/kafka/<version>/li
 runs `kafka.Kafka` with a capped heap; `stop()` ends it. Used by `make run`,
 `make kafka-up`/`kafka-down` and the test session fixture, so all three run the
 same broker the same way.
+
+Opt-in (`start(secure=Secure(...))`, for the security tests): a second listener,
+SASL_SSL with SCRAM-SHA-512, whose users are made by Kafka's own storage tool
+when the data folder is formatted, and optionally the StandardAuthorizer. The
+PLAINTEXT listener stays, for the tests' own admin (a super user there).
 """
 
 from __future__ import annotations
@@ -19,8 +24,10 @@ import subprocess
 import sys
 import time
 import uuid
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
+
+from .tls import Certificates
 
 KAFKA_VERSION = "3.9.2"
 PACKAGE_DIR = Path(__file__).resolve().parent
@@ -73,6 +80,38 @@ def ensure_jars(quiet: bool = False) -> Path:
     return LIBS_DIR
 
 
+# Kafka's command-line tools, by the class their bin/ script runs.
+TOOLS = {
+    "kafka-acls": "kafka.admin.AclCommand",
+    "kafka-configs": "kafka.admin.ConfigCommand",
+    "kafka-storage": "kafka.tools.StorageTool",
+}
+
+
+def kafka_tool(tool: str, *args: str, timeout: float = 120.0) -> str:
+    """Run one of Kafka's own command-line tools from the jars, as bin/<tool>.sh does.
+
+    Returns its standard output; a failure raises SetupError with the tool's output.
+    """
+    libs = ensure_jars()
+    java = _need("java", "a Java 17+ runtime (e.g. apt-get install openjdk-17-jre-headless)")
+    cmd = [
+        java,
+        "-Xmx256m",
+        "-XX:TieredStopAtLevel=1",  # a short-lived tool: start fast, never mind peak speed
+        "-Djava.awt.headless=true",
+        f"-Dlog4j.configuration=file:{PACKAGE_DIR / 'tools-log4j.properties'}",
+        "-cp",
+        f"{libs}/*",
+        TOOLS[tool],
+        *args,
+    ]
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout)
+    if proc.returncode != 0:
+        raise SetupError(f"{tool} {' '.join(args)} failed:\n{proc.stdout}{proc.stderr}".strip())
+    return proc.stdout
+
+
 def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
@@ -95,6 +134,20 @@ def parse_bootstrap(servers: str) -> tuple[str, int]:
     return (host or "localhost"), int(port or 9092)
 
 
+SCRAM = "SCRAM-SHA-512"
+STANDARD_AUTHORIZER = "org.apache.kafka.metadata.authorizer.StandardAuthorizer"
+
+
+@dataclass(frozen=True)
+class Secure:
+    """The opt-in SASL_SSL listener: its certificates, its SCRAM users, the authorizer."""
+
+    certificates: Certificates
+    users: dict[str, str] = field(default_factory=dict)  # name -> password, made at format time
+    authorizer: bool = False  # StandardAuthorizer; super users below, everyone else needs ACLs
+    super_users: tuple[str, ...] = ("ANONYMOUS",)  # ANONYMOUS: the PLAINTEXT listener's clients
+
+
 @dataclass
 class Broker:
     """A running broker process and where it lives."""
@@ -103,10 +156,16 @@ class Broker:
     data_dir: Path
     process: subprocess.Popen | None = None
     pid: int | None = None
+    secure_port: int | None = None  # the SASL_SSL listener, when started with one
 
     @property
     def bootstrap(self) -> str:
         return f"127.0.0.1:{self.port}"
+
+    @property
+    def secure_bootstrap(self) -> str:
+        assert self.secure_port is not None, "started without the SASL_SSL listener"
+        return f"127.0.0.1:{self.secure_port}"
 
     @property
     def log_file(self) -> Path:
@@ -129,17 +188,28 @@ class Broker:
                 self.process.wait()
 
 
-def _properties(port: int, controller_port: int, data_dir: Path) -> str:
+def _properties(
+    port: int,
+    controller_port: int,
+    data_dir: Path,
+    secure: Secure | None = None,
+    secure_port: int | None = None,
+) -> str:
     # One node is broker and controller; every replication factor is 1, and the
     # initial-rebalance delay is off so consumer groups form at once.
+    listeners = f"PLAINTEXT://127.0.0.1:{port}"
+    protocols = "PLAINTEXT:PLAINTEXT,CONTROLLER:PLAINTEXT"
+    if secure is not None:
+        listeners += f",SASL_SSL://127.0.0.1:{secure_port}"
+        protocols += ",SASL_SSL:SASL_SSL"
     return f"""\
 process.roles=broker,controller
 node.id=1
 controller.quorum.voters=1@127.0.0.1:{controller_port}
-listeners=PLAINTEXT://127.0.0.1:{port},CONTROLLER://127.0.0.1:{controller_port}
-advertised.listeners=PLAINTEXT://127.0.0.1:{port}
+listeners={listeners},CONTROLLER://127.0.0.1:{controller_port}
+advertised.listeners={listeners}
 controller.listener.names=CONTROLLER
-listener.security.protocol.map=PLAINTEXT:PLAINTEXT,CONTROLLER:PLAINTEXT
+listener.security.protocol.map={protocols}
 inter.broker.listener.name=PLAINTEXT
 log.dirs={data_dir / "kraft"}
 num.partitions=6
@@ -151,7 +221,25 @@ transaction.state.log.num.partitions=10
 group.initial.rebalance.delay.ms=0
 auto.create.topics.enable=false
 log.cleaner.backoff.ms=1000
+{_secure_properties(secure) if secure else ""}"""
+
+
+def _secure_properties(secure: Secure) -> str:
+    certs = secure.certificates
+    props = f"""\
+sasl.enabled.mechanisms={SCRAM}
+listener.name.sasl_ssl.scram-sha-512.sasl.jaas.config=\
+org.apache.kafka.common.security.scram.ScramLoginModule required;
+ssl.keystore.type=PKCS12
+ssl.keystore.location={certs.keystore}
+ssl.keystore.password={certs.keystore_password}
+ssl.key.password={certs.keystore_password}
+ssl.client.auth=none
 """
+    if secure.authorizer:
+        supers = ";".join(f"User:{name}" for name in secure.super_users)
+        props += f"authorizer.class.name={STANDARD_AUTHORIZER}\nsuper.users={supers}\n"
+    return props
 
 
 def start(
@@ -160,6 +248,7 @@ def start(
     heap: str = DEFAULT_HEAP,
     timeout: float = 90.0,
     detach: bool = False,
+    secure: Secure | None = None,
 ) -> Broker:
     """Start a broker (formatting its data folder the first time) and wait until it serves."""
     libs = ensure_jars()
@@ -168,8 +257,9 @@ def start(
     logs = data_dir / "logs"
     logs.mkdir(parents=True, exist_ok=True)
     props = data_dir / "server.properties"
-    controller_port = _controller_port(data_dir)
-    props.write_text(_properties(port, controller_port, data_dir))
+    controller_port = _saved_port(data_dir, "controller.port")
+    secure_port = _saved_port(data_dir, "secure.port") if secure else None
+    props.write_text(_properties(port, controller_port, data_dir, secure, secure_port))
     java = _need("java", "a Java 17+ runtime (e.g. apt-get install openjdk-17-jre-headless)")
     jvm = [
         java,
@@ -196,6 +286,7 @@ def start(
                 cluster_id,
                 "-c",
                 str(props),
+                *_scram_users(secure),
             ],
             capture_output=True,
             text=True,
@@ -211,7 +302,13 @@ def start(
         start_new_session=True,  # Ctrl-C reaches the worker, which then stops us in order
     )
     out.close()
-    broker = Broker(port=port, data_dir=data_dir, process=None if detach else proc, pid=proc.pid)
+    broker = Broker(
+        port=port,
+        data_dir=data_dir,
+        process=None if detach else proc,
+        pid=proc.pid,
+        secure_port=secure_port,
+    )
     (data_dir / "broker.pid").write_text(str(proc.pid))
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
@@ -235,9 +332,17 @@ def _cluster_id() -> str:
             return cid
 
 
-def _controller_port(data_dir: Path) -> int:
-    # A restarted broker must keep its controller port: the quorum voters are fixed.
-    saved = data_dir / "controller.port"
+def _scram_users(secure: Secure | None) -> list[str]:
+    # KRaft stores SCRAM credentials in the metadata log: the storage tool writes the
+    # first ones when it formats (kafka-storage format --add-scram).
+    users = secure.users.items() if secure else ()
+    return [arg for u, pw in users for arg in ("--add-scram", f"{SCRAM}=[name={u},password={pw}]")]
+
+
+def _saved_port(data_dir: Path, name: str) -> int:
+    # A restarted broker keeps its ports: the quorum voters are fixed, and clients
+    # hold on to the listener they were given.
+    saved = data_dir / name
     if saved.exists():
         return int(saved.read_text())
     port = free_port()
