@@ -55,6 +55,9 @@ class Tally:
     wipes: int = 0
     broker_restarts: int = 0
     crashes_restarted: int = 0
+    # the engine's safety nets (app/engine.py, "safety net" log lines): each should stay 0
+    safety_redelivered: int = 0  # a batch began before the next offset due: dropped part
+    safety_skipped: int = 0  # a batch began past it, not over transaction markers: exited
 
 
 def partition_for(key: bytes, partitions: int) -> int:
@@ -98,7 +101,6 @@ class Chaos:
             env = {
                 "CAMELEER_STALE_AFTER": str(self.config.stale_after),
                 "CAMELEER_PROCESSING_GUARANTEE": self.config.guarantee,
-                "CAMELEER_TRACE_COMMITS": "1",
             }
             self.workers.append(WorkerProcess(self.kafka, self.topics, self.dir / f"w{n}", env))
         return self.workers[slot]
@@ -330,6 +332,18 @@ class Chaos:
             say(f"waiting for {what}: {len(recs)} output records so far")
             await asyncio.sleep(3)  # poll interval while the workers catch up
 
+    def count_safety_nets(self) -> None:
+        """How often the engine's safety nets fired, from every worker log of the run."""
+        for w in self.workers:
+            for log_file in sorted(w.state_dir.glob("worker-*.log")):
+                for line in log_file.read_text(errors="replace").splitlines():
+                    if "safety net:" not in line:
+                        continue
+                    if "skipped" in line:
+                        self.tally.safety_skipped += 1
+                    elif "again" in line:
+                        self.tally.safety_redelivered += 1
+
     # ---- the whole run --------------------------------------------------------------
     def run(self) -> tuple[Verdict, Tally]:
         cfg = self.config
@@ -363,6 +377,7 @@ class Chaos:
             verdict = verify(workload, outputs, dead, cfg.guarantee == "exactly_once")
             for w in self.alive():
                 w.stop()
+            self.count_safety_nets()
             if verdict.lost == verdict.duplicated == verdict.wrong == 0:
                 self.keep = False
             return verdict, self.tally
@@ -386,6 +401,8 @@ def table(verdict: Verdict, tally: Tally) -> str:
         ("wipes", tally.wipes),
         ("broker restarts", tally.broker_restarts),
         ("crashes restarted", tally.crashes_restarted),
+        ("safety net: redelivered", tally.safety_redelivered),
+        ("safety net: skipped", tally.safety_skipped),
         ("lost", verdict.lost),
         ("duplicated", verdict.duplicated),
         ("wrong", verdict.wrong),

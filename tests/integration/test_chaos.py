@@ -23,3 +23,5 @@ def test_kills_rebalances_and_a_wipe_lose_and_double_nothing(tmp_path):
     assert tally.kills >= 3 and tally.rebalances >= 1 and tally.wipes == 1
     assert verdict.executions == 2_000
     assert (verdict.lost, verdict.duplicated, verdict.wrong) == (0, 0, 0), verdict.problems
+    # the batch path delivers every record once, in order: no safety net fired
+    assert (tally.safety_redelivered, tally.safety_skipped) == (0, 0)
