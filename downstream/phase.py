@@ -1,0 +1,391 @@
+"""The downstream check: a topic fed to ClickHouse and Parquet, the answers against the model.
+
+`feed(bootstrap, topic, folder)` reads a topic from its start to its end with
+`read_committed`, batch by batch, and hands every record to both stores (chDB with
+the README's tables, append-only Parquet files); then it runs every README query.
+`check(merged, raw, counts)` compares the merged topic's answers with the
+reference model's counts exactly, and puts the raw topic's answers beside them:
+the same pipeline without the worker.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections import Counter
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from aiokafka import AIOKafkaConsumer, TopicPartition
+
+from simulator.reference import TERMINAL
+
+from .expected import Counts, reference_counts, route_text
+from .stores import Answer, ClickHouse, ParquetLake, Record
+
+BATCH = 500  # records per insert and per Parquet file, at most (a Kafka engine block)
+
+STATUS = ("status", "executions")
+ROUTE = ("route_id", "executions")
+LATEST = ("execution_id", "status", "route_id")
+
+
+@dataclass
+class Fed:
+    """What one topic gave in both stores."""
+
+    topic: str
+    records: int = 0
+    broken: int = 0  # refused by ClickHouse's parser and skipped (raw topic only)
+    files: int = 0
+    rewritten: list[str] = field(default_factory=list)
+    answers: list[Answer] = field(default_factory=list)
+    origins: dict[str, str] = field(default_factory=dict)  # key -> origin of its terminal
+    repeats: int = 0  # terminal records seen twice, byte for byte (at_least_once)
+    seconds: float = 0.0
+
+
+def feed(
+    bootstrap: str,
+    topic: str,
+    folder: Path,
+    *,
+    skip_broken: bool = False,
+    timeout: float = 600.0,
+    say: Callable[[str], None] = lambda _: None,
+) -> Fed:
+    """Every committed record of `topic`, from its start to its end at the moment of
+    the call, into both stores; then every README query of both."""
+    started = time.monotonic()
+    fed = Fed(topic)
+    seen_terminals: set[tuple[bytes | None, bytes]] = set()
+    with ClickHouse(folder / "clickhouse") as clickhouse:
+        lake = ParquetLake(folder / "parquet")
+
+        def take(batch: list[Record]) -> None:
+            clickhouse.insert([r.value for r in batch], skip_broken=skip_broken)
+            lake.append(batch)
+            for rec in batch:
+                if rec.origin in ("merged", "terminal-only") and rec.key is not None:
+                    fed.origins[rec.key.decode("utf-8", "replace")] = rec.origin
+                if rec.value is not None and b'"status"' in rec.value:
+                    status = _status(rec.value)
+                    if status in TERMINAL:
+                        if (rec.key, rec.value) in seen_terminals:
+                            fed.repeats += 1
+                        seen_terminals.add((rec.key, rec.value))
+
+        fed.records = asyncio.run(_read(bootstrap, topic, take, timeout, say))
+        fed.broken = clickhouse.broken
+        fed.answers = clickhouse.answers() + lake.answers()
+        fed.files = len(lake.digests)
+        fed.rewritten = lake.rewritten()
+    fed.seconds = time.monotonic() - started
+    return fed
+
+
+def _status(value: bytes) -> Any:
+    import orjson
+
+    try:
+        body = orjson.loads(value)
+    except orjson.JSONDecodeError:
+        return None
+    return body.get("status") if isinstance(body, dict) else None
+
+
+async def _read(
+    bootstrap: str,
+    topic: str,
+    take: Callable[[list[Record]], None],
+    timeout: float,
+    say: Callable[[str], None],
+) -> int:
+    consumer = AIOKafkaConsumer(
+        bootstrap_servers=bootstrap,
+        isolation_level="read_committed",
+        enable_auto_commit=False,
+        group_id=None,
+        max_partition_fetch_bytes=8 * 1024 * 1024,
+    )
+    await consumer.start()
+    try:
+        deadline = time.monotonic() + 60
+        partitions = consumer.partitions_for_topic(topic)
+        while not partitions:
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"topic {topic} not found")
+            await consumer.force_metadata_update()
+            partitions = consumer.partitions_for_topic(topic)
+        parts = [TopicPartition(topic, p) for p in sorted(partitions)]
+        consumer.assign(parts)
+        await consumer.seek_to_beginning(*parts)
+        ends = await consumer.end_offsets(parts)  # read_committed: the last stable offsets
+        starts = await consumer.beginning_offsets(parts)
+        total = sum(ends[tp] - starts[tp] for tp in parts)
+        read = 0
+        last_said = time.monotonic()
+        deadline = time.monotonic() + timeout
+        while any(await consumer.position(tp) < ends[tp] for tp in parts):
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"{topic}: {read} of about {total} records read in {timeout}s")
+            batches = await consumer.getmany(timeout_ms=500, max_records=BATCH)
+            batch = [
+                Record(
+                    m.topic,
+                    m.partition,
+                    m.offset,
+                    m.timestamp,
+                    m.key,
+                    m.value,
+                    _origin(m.headers),
+                )
+                for tp in sorted(batches, key=lambda t: t.partition)
+                for m in batches[tp]
+            ]
+            if batch:
+                take(batch)
+                read += len(batch)
+            if time.monotonic() - last_said > 5:
+                say(f"downstream: {read}/~{total} records of {topic} fed")
+                last_said = time.monotonic()
+        return read
+    finally:
+        await consumer.stop()
+
+
+def _origin(headers: Any) -> str | None:
+    for name, value in headers or ():
+        if name == "cameleer-origin" and value is not None:
+            return value.decode("utf-8", "replace")
+    return None
+
+
+# -- the comparison ------------------------------------------------------------------
+
+
+def shape(answer: Answer) -> tuple[str, ...]:
+    return tuple(c.lower() for c in answer.columns)
+
+
+def as_counts(answer: Answer) -> Counter[str]:
+    out: Counter[str] = Counter()
+    for name, n in answer.rows:
+        out[route_text(name)] += int(n)
+    return out
+
+
+def as_latest(answer: Answer) -> dict[str, tuple[str, str]]:
+    return {eid: (status, route_text(route)) for eid, status, route in answer.rows}
+
+
+def differences(answer: Answer, counts: Counts, repeats: int = 0) -> tuple[int, list[str]]:
+    """(how many keys differ, what) between one answer and the model's counts.
+
+    `repeats`: exact terminal repeats on the topic (at_least_once), which a query
+    that counts inserted rows may count once more each; FINAL and row_number() not.
+    """
+    found = shape(answer)
+    if found in (STATUS, ROUTE):
+        want = counts.by_status if found == STATUS else counts.by_route
+        got = as_counts(answer)
+        off = []
+        surplus = sum(got.values()) - sum(want.values())
+        for key in sorted(set(want) | set(got)):
+            extra = got[key] - want[key]
+            if extra < 0 or (extra > 0 and surplus > repeats):  # repeats: 0 unless allowed
+                off.append(f"{found[0]} {key!r}: {got[key]}, model {want[key]}")
+        return len(off), off
+    if found == LATEST:
+        got_rows = as_latest(answer)
+        off = []
+        if len(got_rows) != len(answer.rows):
+            off.append(f"{len(answer.rows) - len(got_rows)} executions with more than one row")
+        for eid in sorted(set(got_rows) | set(counts.latest), key=str):
+            allowed = counts.latest.get(eid)
+            row = got_rows.get(eid)
+            if row is None:
+                off.append(f"{eid}: no row, model {sorted(allowed or ())}")
+            elif allowed is None:
+                off.append(f"{eid}: row {row} for an execution the model has no record of")
+            elif row not in allowed:
+                off.append(f"{eid}: row {row}, model {sorted(allowed)}")
+        return len(off), off
+    return 1, [f"README query with columns {answer.columns}: no check knows this shape"]
+
+
+@dataclass
+class Report:
+    """The merged topic's answers against the model, the raw topic's beside them."""
+
+    counts: Counts
+    merged: Fed
+    raw: Fed | None
+    exactly_once: bool = True
+    problems: list[str] = field(default_factory=list)
+
+    def __post_init__(self) -> None:
+        repeats = 0 if self.exactly_once else self.merged.repeats
+        for answer in self.merged.answers:
+            _, off = differences(answer, self.counts, repeats)
+            for line in off[:5]:
+                self.problems.append(f"{answer.engine}: {_short(answer.statement)}: {line}")
+            if len(off) > 5:
+                self.problems.append(f"{answer.engine}: ... and {len(off) - 5} more")
+        for problem in self.merged.rewritten:
+            self.problems.append(f"parquet: {problem}")
+        if self.merged.broken:
+            self.problems.append(f"clickhouse: {self.merged.broken} merged records refused")
+
+    @property
+    def ok(self) -> bool:
+        return not self.problems
+
+    def first(self, fed: Fed | None, engine: str, columns: tuple[str, ...]) -> Answer | None:
+        if fed is None:
+            return None
+        return next((a for a in fed.answers if a.engine == engine and shape(a) == columns), None)
+
+    def rows(self) -> list[tuple[str, str, str, str]]:
+        """(what, model, merged topic, raw topic) lines of the printed table."""
+        counts = self.counts
+        lines: list[tuple[str, str, str, str]] = []
+
+        def cell(fed: Fed | None, get: Callable[[Fed], Any]) -> str:
+            return "" if fed is None else str(get(fed))
+
+        lines.append(
+            ("records inserted", "", cell(self.merged, _records), cell(self.raw, _records))
+        )
+        for engine, label in (("clickhouse", "ClickHouse view"), ("duckdb", "Parquet/DuckDB")):
+            for status in sorted(TERMINAL):
+
+                def value(fed: Fed, engine=engine, status=status) -> str:
+                    answer = self.first(fed, engine, STATUS)
+                    return "-" if answer is None else str(as_counts(answer)[status])
+
+                lines.append(
+                    (
+                        f"{label}: {status}",
+                        str(counts.by_status[status]),
+                        cell(self.merged, value),
+                        cell(self.raw, value),
+                    )
+                )
+
+            def routes_off(fed: Fed, engine=engine) -> str:
+                answer = self.first(fed, engine, ROUTE)
+                return "-" if answer is None else str(differences(answer, counts)[0])
+
+            lines.append(
+                (
+                    f"{label}: routes miscounted",
+                    "0",
+                    cell(self.merged, routes_off),
+                    cell(self.raw, routes_off),
+                )
+            )
+        for engine, label in (
+            ("clickhouse", "ClickHouse FINAL"),
+            ("duckdb", "Parquet/DuckDB latest"),
+        ):
+
+            def rows_n(fed: Fed, engine=engine) -> str:
+                answer = self.first(fed, engine, LATEST)
+                return "-" if answer is None else str(len(answer.rows))
+
+            def rows_off(fed: Fed, engine=engine) -> str:
+                answer = self.first(fed, engine, LATEST)
+                return "-" if answer is None else str(differences(answer, counts)[0])
+
+            lines.append(
+                (
+                    f"{label}: rows",
+                    str(len(counts.latest)),
+                    cell(self.merged, rows_n),
+                    cell(self.raw, rows_n),
+                )
+            )
+            lines.append(
+                (
+                    f"{label}: rows wrong",
+                    "0",
+                    cell(self.merged, rows_off),
+                    cell(self.raw, rows_off),
+                )
+            )
+        lines.append(
+            (
+                "Parquet files (rewritten)",
+                "",
+                cell(self.merged, _files),
+                cell(self.raw, _files),
+            )
+        )
+        lines.append(
+            (
+                "README queries off the model",
+                "0",
+                cell(self.merged, self._queries_off),
+                cell(self.raw, self._queries_off),
+            )
+        )
+        return lines
+
+    def _queries_off(self, fed: Fed) -> int:
+        repeats = 0 if self.exactly_once else fed.repeats
+        return sum(1 for a in fed.answers if differences(a, self.counts, repeats)[0])
+
+    def table(self) -> str:
+        head = ("downstream (chDB, Parquet + DuckDB)", "model", "merged", "raw")
+        lines = [head, *self.rows()]
+        widths = [max(len(line[i]) for line in lines) for i in range(4)]
+        widths[1:] = [max(w, 9) for w in widths[1:]]
+        rule = "+" + "+".join("-" * (w + 2) for w in widths) + "+"
+
+        def fmt(line: tuple[str, ...]) -> str:
+            cells = [f" {line[0]:<{widths[0]}} "]
+            cells += [f" {v:>{w}} " for v, w in zip(line[1:], widths[1:], strict=True)]
+            return "|" + "|".join(cells) + "|"
+
+        return "\n".join([rule, fmt(head), rule, *map(fmt, lines[1:]), rule])
+
+
+def _records(fed: Fed) -> str:
+    return f"{fed.records}" + (f" ({fed.broken} refused)" if fed.broken else "")
+
+
+def _files(fed: Fed) -> str:
+    return f"{fed.files} ({len(fed.rewritten)})"
+
+
+def _short(statement: str) -> str:
+    code = " ".join(line.split("--", 1)[0].strip() for line in statement.splitlines())
+    code = " ".join(code.split())
+    return code if len(code) <= 70 else code[:67] + "..."
+
+
+def check(
+    bootstrap: str,
+    merged_topic: str,
+    raw_topic: str | None,
+    folder: Path,
+    executions: Any,
+    extra: Any = (),
+    *,
+    exactly_once: bool = True,
+    say: Callable[[str], None] = lambda _: None,
+) -> Report:
+    """Feed the merged topic (and the raw one, beside it) to both stores and compare
+    with the reference model's counts for `executions` plus `extra` (see
+    `reference_counts`)."""
+    say(f"downstream: feeding {merged_topic} to ClickHouse (chDB) and Parquet")
+    merged = feed(bootstrap, merged_topic, folder / "merged", say=say)
+    raw = None
+    if raw_topic is not None:
+        say(f"downstream: feeding the raw topic {raw_topic} through the same pipeline")
+        raw = feed(bootstrap, raw_topic, folder / "raw", skip_broken=True, say=say)
+    counts = reference_counts(executions, extra, merged.origins)
+    return Report(counts, merged, raw, exactly_once)
