@@ -48,9 +48,9 @@ class ClickHouse:
 
     `insert(values)` runs the README's INSERT with the batch's record values after
     it, one per line, like ClickHouse's Kafka engine inserting a block. With
-    `skip_broken` (the raw topic, where agents send malformed records), a batch
-    ClickHouse refuses is inserted again record by record and the records it
-    refuses are skipped and counted, as `kafka_skip_broken_messages` does.
+    `skip_broken` (the raw topic, where agents send malformed records), the records
+    ClickHouse refuses are skipped and counted, as `kafka_skip_broken_messages`
+    does, and the rest of their batch is inserted.
     """
 
     def __init__(self, path: Path, sql: Sequence[str] | None = None) -> None:
@@ -90,16 +90,23 @@ class ClickHouse:
         self.broken += len(values) - len(texts)  # a tombstone has no row to insert
         if not texts:
             return
+        if skip_broken:
+            self._insert_skipping(texts)
+        else:
+            self._insert(texts)
+
+    def _insert_skipping(self, texts: list[str]) -> None:
+        """A refused insert inserts nothing: halve the batch until the refused records
+        stand alone (a few inserts per broken record, not one per record)."""
         try:
             self._insert(texts)
         except Exception:
-            if not skip_broken:
-                raise
-            for text in texts:  # a refused batch inserted nothing: one by one
-                try:
-                    self._insert([text])
-                except Exception:
-                    self.broken += 1
+            if len(texts) == 1:
+                self.broken += 1
+                return
+            half = len(texts) // 2
+            self._insert_skipping(texts[:half])
+            self._insert_skipping(texts[half:])
 
     def _insert(self, texts: list[str]) -> None:
         self.session.query(self.feed + "\n" + "\n".join(texts))
