@@ -162,7 +162,7 @@ class ParquetLake:
             )
         }
         for rec in records:
-            body = _object(rec.value)
+            body = json_object(rec.value)
             columns["topic"].append(rec.topic)
             columns["partition"].append(rec.partition)
             columns["offset"].append(rec.offset)
@@ -218,7 +218,8 @@ class ParquetLake:
         return out
 
 
-def _object(value: bytes | None) -> dict[str, Any]:
+def json_object(value: bytes | None) -> dict[str, Any]:
+    """The record's value as a JSON object; {} for anything else."""
     if value is None:
         return {}
     try:
