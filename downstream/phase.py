@@ -294,7 +294,14 @@ class Report:
             cells += [f" {v:>{w}} " for v, w in zip(line[1:], widths[1:], strict=True)]
             return "|" + "|".join(cells) + "|"
 
-        return "\n".join([rule, fmt(head), rule, *map(fmt, lines[1:]), rule])
+        out = [rule, fmt(head), rule, *map(fmt, lines[1:]), rule]
+        if self.counts.resolved_by_origin:
+            out.append(
+                f"({self.counts.resolved_by_origin} executions with mixed keying: either arrival"
+                " order is legal and gives another route; the model took the order the"
+                " cameleer-origin header shows)"
+            )
+        return "\n".join(out)
 
 
 def _inserted(fed: Fed) -> str:
