@@ -3,9 +3,11 @@
 `feed(bootstrap, topic, folder)` reads a topic from its start to its end with
 `read_committed`, batch by batch, and hands every record to both stores (chDB with
 the README's tables, append-only Parquet files); then it runs every README query.
-`check(merged, raw, counts)` compares the merged topic's answers with the
-reference model's counts exactly, and puts the raw topic's answers beside them:
-the same pipeline without the worker.
+`check(...)` feeds the merged topic and the raw one, and its `Report` compares the
+merged topic's answers with the reference model's counts (`downstream.expected`)
+exactly, the raw topic's answers beside them: the same pipeline without the
+worker. Every README query must have a shape the comparison knows (counts per
+status, per route, or one row per execution), so none runs unchecked.
 """
 
 from __future__ import annotations
