@@ -332,9 +332,11 @@ def check(
     `reference_counts`)."""
     say(f"downstream: feeding {merged_topic} to ClickHouse (chDB) and Parquet")
     merged = feed(bootstrap, merged_topic, folder / "merged", say=say)
+    say(f"downstream: {merged.records} records fed and queried in {merged.seconds:.1f} s")
     raw = None
     if raw_topic is not None:
         say(f"downstream: feeding the raw topic {raw_topic} through the same pipeline")
         raw = feed(bootstrap, raw_topic, folder / "raw", skip_broken=True, say=say)
+        say(f"downstream: {raw.records} records fed and queried in {raw.seconds:.1f} s")
     counts = reference_counts(executions, extra, merged.origins)
     return Report(counts, merged, raw, exactly_once)

@@ -178,3 +178,14 @@ def test_heavy_store_packages_are_dev_extras_only():
     extras = project["optional-dependencies"]
     assert heavy <= names(extras["downstream"])
     assert "cameleer-merger[downstream]" in extras["dev"]  # what `make test` installs
+
+
+def test_at_least_once_repeats_excuse_a_surplus_of_that_size_only():
+    from downstream.stores import Answer
+
+    counts = reference_counts([], READS)  # COMPLETED 3, FAILED 2
+    view = Answer("clickhouse", "q", STATUS, (("COMPLETED", "4"), ("FAILED", "2")))
+    assert differences(view, counts, repeats=1) == (0, [])
+    assert differences(view, counts, repeats=0)[0] == 1
+    short = Answer("clickhouse", "q", STATUS, (("COMPLETED", "4"), ("FAILED", "1")))
+    assert differences(short, counts, repeats=1)[0] == 1  # a missing one is never excused
