@@ -18,6 +18,9 @@ def main(argv: list[str] | None = None) -> int:
         "--guarantee", choices=("exactly_once", "at_least_once"), default="exactly_once"
     )
     parser.add_argument("--no-recovery", action="store_true", help="skip the recovery figure")
+    parser.add_argument(
+        "--no-downstream", action="store_true", help="skip the ClickHouse and Parquet phase"
+    )
     parser.add_argument("--recovery-executions", type=int, default=100_000)
     args = parser.parse_args(argv)
     config = ChaosConfig(
@@ -26,6 +29,7 @@ def main(argv: list[str] | None = None) -> int:
         kills=args.kills,
         produce_seconds=args.produce_seconds,
         guarantee=args.guarantee,
+        downstream=not args.no_downstream,
     )
     code = main_run(config)
     if not args.no_recovery:

@@ -46,6 +46,7 @@ class ChaosConfig:
     work_dir: Path = field(default_factory=lambda: localkafka.CACHE_DIR / "chaos")
     settle_timeout: float = 600.0
     guarantee: str = "exactly_once"
+    downstream: bool = True  # final phase: ClickHouse (chDB) and Parquet fed the topics
 
 
 @dataclass
@@ -77,6 +78,8 @@ class Chaos:
         self.produced = 0
         self.lock = threading.Lock()
         self.keep = True  # the run's folder stays unless it passed
+        self.sentinels: list[tuple[str, list]] = []  # the barrier's records: (key, reads)
+        self.downstream = None  # downstream.phase.Report of the final phase
 
     # ---- the broker and the workers -------------------------------------------------
     @property
@@ -279,6 +282,8 @@ class Chaos:
                     key = f"{BARRIER}{self.run_id}-{kind}-{p}".encode()
                     keys.add(key)
                     value = b'{"execution_id":"%s","status":"%s"}' % (key, status.encode())
+                    body = {"execution_id": key.decode(), "status": status}
+                    self.sentinels.append((key.decode(), [(status, body, ts or 0)]))
                     await producer.send_and_wait(
                         self.topics.raw, value, key=key, partition=p, timestamp_ms=ts
                     )
@@ -344,6 +349,23 @@ class Chaos:
                     elif "again" in line:
                         self.tally.safety_redelivered += 1
 
+    # ---- downstream stores, the final phase -----------------------------------------
+    def downstream_phase(self, workload: Workload):
+        """The merged topic (and the raw one beside it) fed to ClickHouse and Parquet,
+        their answers to the README's SQL compared with the reference model."""
+        from downstream.phase import check
+
+        return check(
+            self.broker.bootstrap,
+            self.topics.output,
+            self.topics.raw,
+            self.dir / "downstream",
+            workload.executions.values(),
+            self.sentinels,
+            exactly_once=self.config.guarantee == "exactly_once",
+            say=say,
+        )
+
     # ---- the whole run --------------------------------------------------------------
     def run(self) -> tuple[Verdict, Tally]:
         cfg = self.config
@@ -378,7 +400,11 @@ class Chaos:
             for w in self.alive():
                 w.stop()
             self.count_safety_nets()
-            if verdict.lost == verdict.duplicated == verdict.wrong == 0:
+            if cfg.downstream:
+                self.downstream = self.downstream_phase(workload)
+            if verdict.lost == verdict.duplicated == verdict.wrong == 0 and (
+                self.downstream is None or self.downstream.ok
+            ):
                 self.keep = False
             return verdict, self.tally
         finally:
@@ -392,7 +418,7 @@ class Chaos:
                 shutil.rmtree(self.dir, ignore_errors=True)
 
 
-def table(verdict: Verdict, tally: Tally) -> str:
+def table(verdict: Verdict, tally: Tally, downstream=None) -> str:
     rows = [
         ("executions", verdict.executions),
         ("malformed", verdict.malformed),
@@ -409,6 +435,8 @@ def table(verdict: Verdict, tally: Tally) -> str:
     ]
     if verdict.repeated:
         rows.append(("exact terminal repeats (at_least_once)", verdict.repeated))
+    if downstream is not None:
+        rows += downstream_rows(downstream)
     width = max(len(r[0]) for r in rows)
     lines = [
         f"| {'':{width}} | {'':>9} |".replace(" |", "-|").replace("| ", "|-").replace(" ", "-")
@@ -418,12 +446,31 @@ def table(verdict: Verdict, tally: Tally) -> str:
     return "\n".join([rule, *lines, rule])
 
 
+def downstream_rows(report) -> list[tuple[str, str]]:
+    """The main table's lines for the downstream phase (its own table has the detail)."""
+    off = sum(1 for p in report.problems if p.startswith("clickhouse"))
+    lake = sum(1 for p in report.problems if not p.startswith("clickhouse"))
+    return [
+        ("ClickHouse vs model", "exact" if not off else f"{off} off"),
+        ("Parquet vs model", "exact" if not lake else f"{lake} off"),
+    ]
+
+
 def main_run(config: ChaosConfig) -> int:
     print(f"processing guarantee: {config.guarantee}")
-    verdict, tally = Chaos(config).run()
-    print(table(verdict, tally))
+    chaos = Chaos(config)
+    verdict, tally = chaos.run()
+    print(table(verdict, tally, chaos.downstream))
     for problem in verdict.problems:
         print("  " + problem)
+    if chaos.downstream is not None:
+        print(chaos.downstream.table())
+        for problem in chaos.downstream.problems[:30]:
+            print("  " + problem)
     ok = verdict.lost == verdict.duplicated == verdict.wrong == 0
-    print("OK: nothing lost, duplicated or wrong" if ok else "FAILED", file=sys.stderr)
+    ok = ok and (chaos.downstream is None or chaos.downstream.ok)
+    message = "OK: nothing lost, duplicated or wrong"
+    if chaos.downstream is not None:
+        message += "; ClickHouse and Parquet count each execution once"
+    print(message if ok else "FAILED", file=sys.stderr)
     return 0 if ok else 1
