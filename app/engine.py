@@ -64,6 +64,11 @@ def fatal(what: str, exc: BaseException) -> None:
     os._exit(EXIT_FATAL)
 
 
+def _is_fencing(exc: BaseException) -> bool:
+    """Refused offsets (KIP-447), or a newer producer with our transactional id."""
+    return type(exc).__name__ in ("ZombieFenced", "ProducerFenced", "InvalidProducerEpoch")
+
+
 class GroupPort(Protocol):
     """What the engine needs of the group's consumer (app.internals.MergerConsumer)."""
 
@@ -362,7 +367,9 @@ class Engine:
             else:
                 last = await self._end_plain(job)
         except Exception as exc:
-            fatal("commit failed (fenced, or a record was not written)", exc)
+            if _is_fencing(exc):
+                fatal("fenced: this worker no longer owns its partitions", exc)
+            fatal("commit failed: a record or the transaction was not written", exc)
         topic = self.store.changelog_topic
         self.store.committed({p: last[(topic, p)] for p in job.sealed if (topic, p) in last})
         self.last_commit_s = time.monotonic() - job.started

@@ -13,6 +13,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--executions", type=int, default=20_000)
     parser.add_argument("--seed", type=int, default=7)
     parser.add_argument("--kills", type=int, default=8)
+    parser.add_argument("--pauses", type=int, default=1, help="zombies: SIGSTOP then SIGCONT")
     parser.add_argument("--produce-seconds", type=float, default=60.0)
     parser.add_argument(
         "--guarantee", choices=("exactly_once", "at_least_once"), default="exactly_once"
@@ -27,6 +28,7 @@ def main(argv: list[str] | None = None) -> int:
         executions=args.executions,
         seed=args.seed,
         kills=args.kills,
+        pauses=args.pauses,
         produce_seconds=args.produce_seconds,
         guarantee=args.guarantee,
         downstream=not args.no_downstream,

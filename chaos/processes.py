@@ -152,6 +152,13 @@ class WorkerProcess:
             self.process.kill()
             self.process.wait()
 
+    def pause(self) -> None:
+        """SIGSTOP: the worker freezes mid-flight, as in a long GC pause or a VM stall."""
+        self.process.send_signal(signal.SIGSTOP)
+
+    def resume(self) -> None:
+        self.process.send_signal(signal.SIGCONT)
+
     def wipe(self) -> None:
         """Delete the local RocksDB state (the worker must be down)."""
         assert not self.alive

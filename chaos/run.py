@@ -40,6 +40,9 @@ class ChaosConfig:
     stale_after: int = 8  # seconds: stuck executions get flushed within the run
     produce_seconds: float = 60.0  # spread production so faults land mid-stream
     kills: int = 8
+    # SIGSTOP a worker past its session timeout, then SIGCONT: a zombie that must not
+    # commit (KIP-447 fencing), and exits by itself to be restarted
+    pauses: int = 1
     max_workers: int = 3
     wipe: bool = True
     broker_restart: bool = True
@@ -57,8 +60,13 @@ class Tally:
     broker_restarts: int = 0
     crashes_restarted: int = 0
     # the engine's safety nets (app/engine.py, "safety net" log lines): each should stay 0
+    pauses: int = 0
+    fenced: int = 0  # workers that stopped because they were fenced (from the logs)
     safety_redelivered: int = 0  # a batch began before the next offset due: dropped part
     safety_skipped: int = 0  # a batch began past it, not over transaction markers: exited
+
+
+SESSION_TIMEOUT = 10.0  # the worker's broker_session_timeout (app/worker.py)
 
 
 def partition_for(key: bytes, partitions: int) -> int:
@@ -202,7 +210,7 @@ class Chaos:
     def faults(self, producing: threading.Event) -> set[int]:
         """Kills, scaling, one wipe and one broker restart while the agents produce."""
         cfg = self.config
-        plan = ["scale"] * 4 + ["kill"] * cfg.kills
+        plan = ["scale"] * 4 + ["kill"] * cfg.kills + ["pause"] * cfg.pauses
         if cfg.wipe:
             plan.append("wipe")
         if cfg.broker_restart:
@@ -236,6 +244,24 @@ class Chaos:
                         self.worker(slot).stop()
                         wanted.discard(slot)
                         self.tally.rebalances += 1
+            elif action == "pause":
+                if len(wanted) == 1:  # someone must take the partitions over
+                    slot = min(set(range(cfg.max_workers)) - wanted)
+                    say(f"scale up: worker {slot} joins ({len(wanted) + 1} workers)")
+                    wanted.add(slot)
+                    self.start_worker(slot)
+                slot = self.rng.choice(sorted(wanted))
+                others = wanted - {slot}
+                say(f"SIGSTOP worker {slot} past its session timeout (a zombie)")
+                self.worker(slot).pause()
+                self.tally.pauses += 1
+                until = time.monotonic() + SESSION_TIMEOUT + 6
+                while time.monotonic() < until:
+                    self.supervise(others)
+                    time.sleep(0.5)  # poll the others while the group moves on without it
+                say(f"SIGCONT worker {slot}: its next commit must be refused")
+                self.worker(slot).resume()
+                self.tally.rebalances += 1
             elif action == "wipe":
                 slot = self.rng.choice(sorted(wanted))
                 say(f"SIGKILL worker {slot} and wipe its RocksDB")
@@ -342,6 +368,9 @@ class Chaos:
         for w in self.workers:
             for log_file in sorted(w.state_dir.glob("worker-*.log")):
                 for line in log_file.read_text(errors="replace").splitlines():
+                    if "[CRITICAL] fenced:" in line:
+                        self.tally.fenced += 1
+                        continue
                     if "safety net:" not in line:
                         continue
                     if "skipped" in line:
@@ -427,6 +456,8 @@ def table(verdict: Verdict, tally: Tally, downstream=None) -> str:
         ("wipes", tally.wipes),
         ("broker restarts", tally.broker_restarts),
         ("crashes restarted", tally.crashes_restarted),
+        ("zombie pauses (SIGSTOP)", tally.pauses),
+        ("fenced, stopped by itself", tally.fenced),
         ("safety net: redelivered", tally.safety_redelivered),
         ("safety net: skipped", tally.safety_skipped),
         ("lost", verdict.lost),
