@@ -66,6 +66,7 @@ class Processor:
         self.registry = registry
         self.partitions = partitions
         self.counts: Counter[str] = Counter()
+        self.retention = merge.RetentionReport()  # issue 10: what left the state, logged
         self.last_offsets: dict = {}  # TopicPartition -> last offset handled
         self._with_markers: set = set()  # partitions whose offset holes are transaction markers
         # set by the worker: async tp -> the group's committed offset, and
@@ -207,8 +208,11 @@ class Processor:
                     stored = self.store.get(partition, state_key(execution_id))
                     decision = merge.sweep_entry(execution_id, due, stored, self.rules, now)
                     await self._apply(partition, decision)
+                    self.retention.add(decision.counter)  # issue 10
             except Exception as exc:
                 fatal(f"sweeping partition {partition}", exc)
+            if line := self.retention.report(now):  # issue 10
+                log.info("%s", line)
             self.counts["sweep_entries"] += len(keys)
             return len(keys)
 
@@ -222,6 +226,8 @@ class Processor:
             await self._dead(partition, dead)
         if decision.counter:
             self.counts[decision.counter] += 1
+        if decision.note:  # issue 10: e.g. a held RUNNING that reached its retention
+            log.info("%s", decision.note)
 
     async def _dead(self, txn: int, dead: DeadLetter) -> None:
         src = dead.source

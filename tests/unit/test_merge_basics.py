@@ -108,4 +108,5 @@ def test_a_running_events_null_fields_are_its_fields_in_the_merge():
         "status": "COMPLETED",
         "a": None,  # the RUNNING event's own null: "start from the RUNNING event's fields"
         "b": 1,
+        "c": None,  # the terminal event's null that no RUNNING has: "present in either event"
     }
