@@ -17,6 +17,14 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--guarantee", choices=("exactly_once", "at_least_once"), default="exactly_once"
     )
+    parser.add_argument(
+        "--unkeyed-pairs",
+        type=float,
+        default=0.0,
+        metavar="SHARE",
+        help="share of v1 executions sent as unkeyed RUNNING/terminal pairs, back to back, "
+        "to two different partitions (default 0)",
+    )
     parser.add_argument("--no-recovery", action="store_true", help="skip the recovery figure")
     parser.add_argument("--recovery-executions", type=int, default=100_000)
     args = parser.parse_args(argv)
@@ -26,6 +34,7 @@ def main(argv: list[str] | None = None) -> int:
         kills=args.kills,
         produce_seconds=args.produce_seconds,
         guarantee=args.guarantee,
+        unkeyed_pair_share=args.unkeyed_pairs,
     )
     code = main_run(config)
     if not args.no_recovery:
