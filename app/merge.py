@@ -235,7 +235,7 @@ def sweep_entry(
         note = (
             f"held RUNNING of execution {execution_id!r} expired: no terminal event "
             f"{age_s} s after its first RUNNING event (held retention "
-            f"{rules.held_retention_ms // 1000} s; its stale RUNNING record went out)"
+            f"{rules.held_retention_ms // 1000} s; it was flushed as stale before)"
         )
         return Decision(writes, counter="held_expired", note=note)
     if isinstance(state, Held) and state.due_ms == due_ms:
