@@ -27,15 +27,11 @@ def main(argv: list[str] | None = None) -> None:
     settings.state_dir.mkdir(parents=True, exist_ok=True)
     app = create_app(settings, layout)
     # Faust's own CLI runs the worker (signals, logging, web server); our options are done.
-    sys.argv = [
-        "cameleer-merger",
-        "worker",
-        "--loglevel",
-        settings.log_level,
-        "--web-port",
-        str(settings.web_port),
-        "--without-web" if settings.web_port == 0 else "--with-web",
-    ]
+    sys.argv = ["cameleer-merger", "worker", "--loglevel", settings.log_level]
+    if settings.web_port == 0:  # the endpoints are off (Faust's CLI refuses --web-port 0)
+        sys.argv.append("--without-web")
+    else:
+        sys.argv += ["--web-port", str(settings.web_port), "--with-web"]
     app.main()
 
 

@@ -30,7 +30,17 @@ SETTINGS_OPTIONS = (
         "CAMELEER_STALE_AFTER", "--stale-after", "300", "seconds before a held RUNNING is flushed"
     ),
     Option(
-        "CAMELEER_DEDUPE_WINDOW", "--dedupe-window", "3600", "seconds a terminal marker is kept"
+        "CAMELEER_DEDUPE_WINDOW",
+        "--dedupe-window",
+        "3600",
+        "seconds a terminal marker is kept at least (the held retention when longer)",
+    ),
+    Option(
+        "CAMELEER_HELD_RETENTION",
+        "--held-retention",
+        "259200",
+        "seconds after its Kafka timestamp a RUNNING with no terminal leaves the state; "
+        "finished executions are remembered as long",
     ),
     Option("CAMELEER_STATE_DIR", "--state-dir", "./state", "folder of the local RocksDB state"),
     Option(
@@ -82,6 +92,7 @@ class Settings:
     agents_topic: str
     stale_after: float
     dedupe_window: float
+    held_retention: float
     state_dir: Path
     processing_guarantee: str
     web_port: int
@@ -129,6 +140,7 @@ class Settings:
                 agents_topic=raw["agents_topic"],
                 stale_after=float(raw["stale_after"]),
                 dedupe_window=float(raw["dedupe_window"]),
+                held_retention=float(raw["held_retention"]),
                 state_dir=Path(raw["state_dir"]).resolve(),
                 processing_guarantee=guarantee,
                 web_port=int(raw["web_port"]),
@@ -145,6 +157,13 @@ class Settings:
             raise ValueError(f"bad setting: {exc}") from None
         if settings.stale_after <= 0 or settings.dedupe_window <= 0:
             raise ValueError("CAMELEER_STALE_AFTER and CAMELEER_DEDUPE_WINDOW must be positive")
+        if settings.held_retention <= settings.stale_after:
+            raise ValueError(
+                "CAMELEER_HELD_RETENTION must be longer than CAMELEER_STALE_AFTER "
+                "(a held RUNNING is flushed before it leaves the state)"
+            )
+        if not 0 <= settings.web_port <= 65535:
+            raise ValueError("CAMELEER_WEB_PORT must be 0 (no web server) or a TCP port")
         if settings.commit_interval <= 0:
             raise ValueError("CAMELEER_COMMIT_INTERVAL must be positive")
         if settings.batch_max < 1:

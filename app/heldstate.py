@@ -2,10 +2,14 @@
 
 Two key spaces share one store (and so one changelog topic):
 - `e` + execution_id -> the execution's state: `Held` RUNNING events, or a
-  `Marker` saying its terminal record went out (for the dedupe window).
+  `Marker` saying its terminal record went out (kept for the dedupe window or
+  the held retention, whichever is longer).
 - `i` + due time (8 bytes, big-endian ms) + execution_id -> b"": a time index,
   so a sweep reads only the entries that are due, in due order, never the whole
-  store.
+  store. Every state has exactly one index entry, at its next due time: a
+  `Held` at `due_ms` (its stale flush, then, once flushed, the end of its
+  retention), a `Marker` at `expires_ms`. Nothing stays without one, so nothing
+  stays forever.
 
 Held RUNNING events are kept as their original bytes with where they came from:
 a stale flush of one event emits it unchanged, and a merge too large for the
@@ -44,8 +48,8 @@ class Source:
 
 @dataclass(frozen=True, slots=True)
 class Held:
-    first_ts_ms: int
-    due_ms: int
+    first_ts_ms: int  # Kafka timestamp of the first RUNNING event
+    due_ms: int  # next due time: the stale flush, or (stale_emitted) the end of the retention
     stale_emitted: bool
     events: tuple[Source, ...]
 

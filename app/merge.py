@@ -2,9 +2,24 @@
 
 The shell hands each raw record to `classify` (parse and validate once), then to
 `decide` with the execution's held state; `sweep_entry` handles one due entry of
-the time index (stale flush, dedupe-marker expiry). Each returns a `Decision`: the
-state writes, the records to emit and the dead letters, which the shell applies
-in one transaction. Nothing here reads a clock: `now_ms` is an argument.
+the time index (stale flush, held-RUNNING retention, dedupe-marker expiry). Each
+returns a `Decision`: the state writes, the records to emit and the dead letters,
+which the shell applies in one transaction, and a line to log. Nothing here reads
+a clock: `now_ms` is an argument.
+
+Every execution's state leaves after a retention, and a RUNNING record never
+follows the terminal record of its execution (README, "Choices where the
+contract is silent"):
+- a held RUNNING is flushed once at `first_ts + stale_after`, then leaves the
+  state at `first_ts + held_retention` (first_ts: its first event's Kafka
+  timestamp), counted `held_expired`;
+- a terminal marker is kept for `marker_ms` (the held retention, or the dedupe
+  window when that is longer): a late RUNNING or a duplicate terminal that finds
+  it is dropped;
+- a RUNNING that finds no state and is already older than the held retention is
+  not held at all (`running_too_old`): it is either a late one whose marker
+  expired (its Kafka timestamp is before its terminal was read, so more than the
+  marker's life ago) or one too old to hold anyway.
 """
 
 from __future__ import annotations
@@ -40,6 +55,13 @@ class Rules:
     stale_after_ms: int = 300_000
     dedupe_window_ms: int = 3_600_000
     max_record_bytes: int = 1_000_000
+    held_retention_ms: int = 259_200_000  # 3 days
+
+    @property
+    def marker_ms(self) -> int:
+        """How long a terminal marker is kept: never shorter than the held retention, so a
+        RUNNING that outlives its marker is older than the held retention (not held)."""
+        return max(self.dedupe_window_ms, self.held_retention_ms)
 
 
 @dataclass(frozen=True, slots=True)
@@ -81,6 +103,7 @@ class Decision:
     outputs: list[Output] = field(default_factory=list)
     dead: list[DeadLetter] = field(default_factory=list)
     counter: str = ""
+    note: str = ""  # a line for the shell to log (info), "" for none
 
 
 def classify(source: Source) -> Event | Rejected:
@@ -127,10 +150,14 @@ def protocol_of(event: Event, registered: dict[str, int]) -> int:
 
 
 def coalesce(base: dict[str, Any], update: dict[str, Any]) -> dict[str, Any]:
-    """COALESCE(update.col, base.col) per field; nested values are replaced whole."""
+    """COALESCE(update.col, base.col) per field; nested values are replaced whole.
+
+    Every field present in either is present in the result: a null field of `update`
+    that `base` lacks stays, as null (as it would in `update` alone).
+    """
     merged = dict(base)
     for name, value in update.items():
-        if value is not None:
+        if value is not None or name not in merged:
             merged[name] = value
     return merged
 
@@ -155,6 +182,10 @@ def decide(event: Event, stored: bytes | None, rules: Rules, now_ms: int) -> Dec
         if isinstance(state, Held):
             held = Held(state.first_ts_ms, state.due_ms, state.stale_emitted, (*state.events, src))
             return Decision(writes={skey: encode_state(held)}, counter="running_repeated")
+        if src.timestamp_ms + rules.held_retention_ms <= now_ms:
+            # Its held life would already be over. A late RUNNING whose marker has expired
+            # always lands here (see the module docstring): never held, never flushed.
+            return Decision(counter="running_too_old")
         due = src.timestamp_ms + rules.stale_after_ms
         held = Held(src.timestamp_ms, due, False, (src,))
         writes = {skey: encode_state(held), index_key(due, event.execution_id): b""}
@@ -163,10 +194,12 @@ def decide(event: Event, stored: bytes | None, rules: Rules, now_ms: int) -> Dec
     # terminal event
     if isinstance(state, Marker):
         return Decision(counter="duplicate_terminal")
-    expires = now_ms + rules.dedupe_window_ms
+    expires = now_ms + rules.marker_ms
     writes: dict[bytes, bytes | None] = {}
-    if isinstance(state, Held) and not state.stale_emitted:
-        writes[index_key(state.due_ms, event.execution_id)] = None  # before: keys may be equal
+    if isinstance(state, Held):
+        # its one index entry (stale due, or retention once flushed); deleted before
+        # the marker's is written: the two keys may be equal
+        writes[index_key(state.due_ms, event.execution_id)] = None
     writes[skey] = encode_state(Marker(expires))
     writes[index_key(expires, event.execution_id)] = b""
     key = event.execution_id.encode()
@@ -189,15 +222,27 @@ def decide(event: Event, stored: bytes | None, rules: Rules, now_ms: int) -> Dec
 def sweep_entry(
     execution_id: str, due_ms: int, stored: bytes | None, rules: Rules, now_ms: int
 ) -> Decision:
-    """One due entry of the time index: flush a stale RUNNING once, or expire a marker."""
+    """One due entry of the time index: flush a stale RUNNING once (and index it again
+    for its retention), expire a held RUNNING past its retention, or expire a marker."""
     ikey = index_key(due_ms, execution_id)
     if due_ms > now_ms:
         return Decision(counter="not_due")
     state = decode_state(stored) if stored is not None else None
     writes: dict[bytes, bytes | None] = {ikey: None}
-    if isinstance(state, Held) and not state.stale_emitted and state.due_ms == due_ms:
-        held = Held(state.first_ts_ms, state.due_ms, True, state.events)
+    if isinstance(state, Held) and state.due_ms == due_ms and state.stale_emitted:
+        writes[state_key(execution_id)] = None
+        age_s = (now_ms - state.first_ts_ms) // 1000
+        note = (
+            f"held RUNNING of execution {execution_id!r} expired: no terminal event "
+            f"{age_s} s after its first RUNNING event (held retention "
+            f"{rules.held_retention_ms // 1000} s; it was flushed as stale before)"
+        )
+        return Decision(writes, counter="held_expired", note=note)
+    if isinstance(state, Held) and state.due_ms == due_ms:
+        retain = state.first_ts_ms + rules.held_retention_ms
+        held = Held(state.first_ts_ms, retain, True, state.events)
         writes[state_key(execution_id)] = encode_state(held)
+        writes[index_key(retain, execution_id)] = b""  # after the delete: keys may be equal
         value = (
             state.events[0].value if len(state.events) == 1 else orjson.dumps(_merge_running(state))
         )
@@ -209,6 +254,39 @@ def sweep_entry(
         writes[state_key(execution_id)] = None
         return Decision(writes, counter="marker_expired")
     return Decision(writes, counter="index_orphan")
+
+
+class RetentionReport:
+    """What left the state, summed for one log line at most every `every_ms` (markers
+    expire at the rate executions finish: one line each would flood the log)."""
+
+    LEFT = (
+        ("marker_expired", "dedupe markers expired"),
+        ("held_expired", "held RUNNINGs expired"),
+    )
+
+    def __init__(self, every_ms: int = 60_000) -> None:
+        self.every_ms = every_ms
+        self.counts: dict[str, int] = {}
+        self.since_ms: int | None = None
+
+    def add(self, counter: str) -> None:
+        if counter in ("marker_expired", "held_expired"):
+            self.counts[counter] = self.counts.get(counter, 0) + 1
+
+    def report(self, now_ms: int) -> str:
+        """The line to log now ("" for none): once per `every_ms`, when anything left."""
+        if self.since_ms is None:
+            self.since_ms = now_ms
+        if now_ms - self.since_ms < self.every_ms or not self.counts:
+            return ""
+        parts = [f"{self.counts[c]} {what}" for c, what in self.LEFT if self.counts.get(c)]
+        line = f"left the state in the last {(now_ms - self.since_ms) // 1000} s: " + ", ".join(
+            parts
+        )
+        self.counts = {}
+        self.since_ms = now_ms
+        return line
 
 
 def _merge_running(held: Held) -> dict[str, Any]:

@@ -106,6 +106,7 @@ class Processor:
         self.to = destinations
         self.versions = registry_versions  # agent_id -> protocol version, kept current
         self.counts = counts
+        self.retention = merge.RetentionReport()  # what left the state, logged
 
     def handle(self, partition: int, records: Sequence, outbox) -> None:
         """Records of one source partition (raw or re-key), in offset order."""
@@ -180,9 +181,11 @@ class Processor:
         for key in keys:
             due, execution_id = parse_index_key(key)
             stored = self.store.get(partition, state_key(execution_id))
-            self._apply(
-                partition, merge.sweep_entry(execution_id, due, stored, self.rules, now), outbox
-            )
+            decision = merge.sweep_entry(execution_id, due, stored, self.rules, now)
+            self._apply(partition, decision, outbox)
+            self.retention.add(decision.counter)
+        if line := self.retention.report(now):
+            log.info("%s", line)
         self.counts["sweep_entries"] += len(keys)
         return len(keys)
 
@@ -202,6 +205,8 @@ class Processor:
             self._dead(partition, dead, outbox)
         if decision.counter:
             self.counts[decision.counter] += 1
+        if decision.note:  # e.g. a held RUNNING that reached its retention
+            log.info("%s", decision.note)
 
     def _dead(self, partition: int, dead: DeadLetter, outbox) -> None:
         src = dead.source

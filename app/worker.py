@@ -96,6 +96,7 @@ def create_app(settings: Settings, layout: Layout) -> faust.App:
         stale_after_ms=int(settings.stale_after * 1000),
         dedupe_window_ms=int(settings.dedupe_window * 1000),
         max_record_bytes=settings.max_record_bytes,
+        held_retention_ms=int(settings.held_retention * 1000),
     )
     destinations = Destinations(
         output_topic=settings.output_topic,
@@ -135,7 +136,9 @@ def create_app(settings: Settings, layout: Layout) -> faust.App:
         store="rocksdb://",
         datadir=str(settings.state_dir),
         processing_guarantee=settings.processing_guarantee,
-        web_port=settings.web_port,
+        # CAMELEER_WEB_PORT=0: no web server (Faust's settings refuse port 0)
+        web_enabled=settings.web_port != 0,
+        **({"web_port": settings.web_port} if settings.web_port else {}),
         web_host="0.0.0.0",
         topic_partitions=partitions,
         topic_replication_factor=1,

@@ -18,6 +18,14 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--guarantee", choices=("exactly_once", "at_least_once"), default="exactly_once"
     )
+    parser.add_argument(
+        "--unkeyed-pairs",
+        type=float,
+        default=0.0,
+        metavar="SHARE",
+        help="share of v1 executions sent as unkeyed RUNNING/terminal pairs, back to back, "
+        "to two different partitions (default 0)",
+    )
     parser.add_argument("--no-recovery", action="store_true", help="skip the recovery figure")
     parser.add_argument(
         "--no-downstream", action="store_true", help="skip the ClickHouse and Parquet phase"
@@ -32,6 +40,7 @@ def main(argv: list[str] | None = None) -> int:
         produce_seconds=args.produce_seconds,
         guarantee=args.guarantee,
         downstream=not args.no_downstream,
+        unkeyed_pair_share=args.unkeyed_pairs,
     )
     code = main_run(config)
     if not args.no_recovery:

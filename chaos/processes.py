@@ -59,8 +59,13 @@ class WorkerProcess:
         if isinstance(self.connection, str):
             self.connection = Connection(bootstrap_servers=self.connection)
 
+    @property
+    def web(self) -> bool:
+        """False when the worker runs without its HTTP endpoints (CAMELEER_WEB_PORT=0)."""
+        return self.extra_env.get("CAMELEER_WEB_PORT") != "0"
+
     def start(self, ready_timeout: float = 120.0, wait: bool = True) -> None:
-        self.web_port = localkafka.free_port()
+        self.web_port = localkafka.free_port() if self.web else 0
         self.state_dir.mkdir(parents=True, exist_ok=True)
         env = {
             **os.environ,
@@ -103,11 +108,14 @@ class WorkerProcess:
     @property
     def ready(self) -> bool:
         try:
-            return b"Worker]: Ready" in self.log_path.read_bytes() and self.stats() is not None
+            ready = b"Worker]: Ready" in self.log_path.read_bytes()
+            return ready and (not self.web or self.stats() is not None)
         except OSError:
             return False
 
     def stats(self) -> dict | None:
+        if not self.web:
+            return None
         try:
             with urllib.request.urlopen(f"http://127.0.0.1:{self.web_port}/stats", timeout=2) as r:
                 return orjson.loads(r.read())

@@ -38,6 +38,12 @@ class ChaosConfig:
     seed: int = 7
     partitions: int = 6
     stale_after: int = 8  # seconds: stuck executions get flushed within the run
+    # seconds: replayed RUNNINGs (the simulator's V1_REPLAYED_RUNNING, at the end of the
+    # workload) are produced at least this long after their terminal, past the window
+    dedupe_window: int = 3
+    # share of v1 executions sent as unkeyed RUNNING/terminal pairs, back to back, to two
+    # different partitions (off until the re-key path keeps their RUNNING fields: issue 10)
+    unkeyed_pair_share: float = 0.0
     produce_seconds: float = 60.0  # spread production so faults land mid-stream
     kills: int = 8
     # SIGSTOP a worker past its session timeout, then SIGCONT: a zombie that must not
@@ -111,6 +117,7 @@ class Chaos:
             n = len(self.workers)
             env = {
                 "CAMELEER_STALE_AFTER": str(self.config.stale_after),
+                "CAMELEER_DEDUPE_WINDOW": str(self.config.dedupe_window),
                 "CAMELEER_PROCESSING_GUARANTEE": self.config.guarantee,
             }
             self.workers.append(WorkerProcess(self.kafka, self.topics, self.dir / f"w{n}", env))
@@ -179,14 +186,33 @@ class Chaos:
             request_timeout_ms=60_000,
         )
         await producer.start()
-        owner = {id(r): e.execution_id for e in workload.executions.values() for r in e.events}
+        owner = {id(r): e for e in workload.executions.values() for r in e.events}
+        replays = {
+            id(e.events[-1]): id(e.events[-2])
+            for e in workload.executions.values()
+            if e.kind == simulator.Kind.V1_REPLAYED_RUNNING
+        }
+        replayed_terminals = set(replays.values())
+        sent_at: dict[int, float] = {}  # when those terminal events were sent
+        scatter: dict[str, int] = {}
         try:
             for i in range(0, len(records), chunk):
                 for rec in records[i : i + chunk]:
-                    eid = owner.get(id(rec))
+                    execution = owner.get(id(rec))
+                    eid = execution.execution_id if execution else None
                     partition = None
+                    if id(rec) in replays:
+                        # the agent's outage: its buffer is replayed past the dedupe window
+                        # (after all other records, by the simulator's replay time)
+                        await producer.flush()
+                        wait = sent_at[replays[id(rec)]] + self.config.dedupe_window + 1
+                        await asyncio.sleep(max(0.0, wait - time.monotonic()))
                     if eid is None:  # malformed: anywhere
                         partition = self.rng.randrange(self.config.partitions)
+                    elif execution.keying == simulator.Keying.SCATTERED:
+                        # back to back, each to another partition than the one before
+                        start = scatter.setdefault(eid, self.rng.randrange(self.config.partitions))
+                        partition = (start + execution.events.index(rec)) % self.config.partitions
                     elif rec.key != eid.encode():
                         # an agent that does not key by execution_id still sends one
                         # execution's records to one partition (sticky per execution)
@@ -198,6 +224,8 @@ class Chaos:
                         partition=partition,
                         headers=rec.headers or None,
                     )
+                    if id(rec) in replayed_terminals:
+                        sent_at[id(rec)] = time.monotonic()
                 await producer.flush()
                 with self.lock:
                     self.produced = min(len(records), i + chunk)
@@ -399,7 +427,9 @@ class Chaos:
     def run(self) -> tuple[Verdict, Tally]:
         cfg = self.config
         say(f"generating {cfg.executions} executions (seed {cfg.seed})")
-        workload = simulator.generate(cfg.seed, cfg.executions)
+        workload = simulator.generate(
+            cfg.seed, cfg.executions, unkeyed_pair_share=cfg.unkeyed_pair_share
+        )
         self._total = len(workload.records)
         self.dir.mkdir(parents=True, exist_ok=True)
         self.start_broker()

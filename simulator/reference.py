@@ -22,18 +22,24 @@ event (default: the Kafka timestamp, never going back in time). Two modes:
   terminal (it raises otherwise).
 
 The answer (`Expected`) is a list of episodes: normally one. A new episode starts
-only when an event arrives after the execution's dedupe marker expired (explicit
-mode), because then the worker has forgotten it, which the contract allows
-("within the dedupe window").
+only when an event arrives after the worker forgot the execution (explicit mode):
+its terminal marker expired, or its held RUNNING reached the held retention. The
+contract's "Bounded state" requires forgetting; what it may never cost is a
+RUNNING record after the terminal one (see below).
 
 Where the contract is silent, the model chooses (and so checks) this:
 - `stale_after` runs from the Kafka timestamp of the FIRST held RUNNING event;
-- the dedupe window runs from the moment the terminal event was read, and the
-  execution is forgotten at the first sweep after it ended (before that sweep, a
-  duplicate or late RUNNING is still dropped);
-- a stale RUNNING record holds the COALESCE of the RUNNING events held at the sweep;
-- a terminal event's null field that no RUNNING event has stays out of the merge
-  ("every field of the terminal event whose value is not null replaces it").
+- a held RUNNING is flushed once, and forgotten `held_retention` after that same
+  Kafka timestamp, at the first sweep after the one that flushed it;
+- a RUNNING that finds nothing held and whose Kafka timestamp is already
+  `held_retention` old when read is dropped, never held;
+- the terminal marker is kept from the moment the terminal event was read for the
+  dedupe window or the held retention, whichever is longer, and the execution is
+  forgotten at the first sweep after that (before that sweep, a duplicate or late
+  RUNNING is still dropped). So a late RUNNING is dropped however late it comes,
+  as long as its Kafka timestamp is not after its terminal's read time: within the
+  marker's life by the marker, after it for being older than the held retention;
+- a stale RUNNING record holds the COALESCE of the RUNNING events held at the sweep.
 """
 
 from __future__ import annotations
@@ -83,6 +89,7 @@ class Episode:
     origin: str | None = None  # MERGED or TERMINAL_ONLY when terminal is set
     dropped_duplicates: int = 0  # terminal events the worker must drop
     dropped_late_running: int = 0  # RUNNING events after the terminal it must drop
+    dropped_too_old: int = 0  # RUNNING events older than the held retention, nothing held
 
 
 @dataclass(frozen=True, slots=True)
@@ -107,7 +114,8 @@ def coalesce(events: Iterable[dict[str, Any]]) -> dict[str, Any]:
 
     A later field that is null or absent keeps the earlier value (null included: the
     first event's null fields are its fields); nested objects and arrays are values,
-    replaced whole.
+    replaced whole. Every field present in any event is in the result: a null field
+    that no other event has stays, as null.
     """
     result: dict[str, Any] | None = None
     for body in events:
@@ -115,7 +123,7 @@ def coalesce(events: Iterable[dict[str, Any]]) -> dict[str, Any]:
             result = dict(body)
             continue
         for name, value in body.items():
-            if value is not None:
+            if value is not None or name not in result:
                 result[name] = value
     if result is None:
         raise ValueError("coalesce of no events")
@@ -132,6 +140,7 @@ class _Life:
     expires_ms: int = 0
     duplicates: int = 0
     late_running: int = 0
+    too_old: int = 0
 
     def episode(self, running: str, contents: tuple[dict[str, Any], ...]) -> Episode:
         return Episode(
@@ -141,6 +150,7 @@ class _Life:
             self.origin,
             self.duplicates,
             self.late_running,
+            self.too_old,
         )
 
 
@@ -161,7 +171,7 @@ def _reads(timeline: Iterable[Any]) -> Iterable[Read | Sweep]:
         yield Read(item.status, item.body, item.timestamp_ms, read_at)
 
 
-def _on_event(life: _Life, event: Read, dedupe_window_ms: int) -> None:
+def _on_event(life: _Life, event: Read, marker_ms: int, held_retention_ms: int) -> None:
     assert event.read_at_ms is not None
     if life.terminal is not None:
         if event.status == RUNNING:
@@ -170,6 +180,9 @@ def _on_event(life: _Life, event: Read, dedupe_window_ms: int) -> None:
             life.duplicates += 1
         return
     if event.status == RUNNING:
+        if not life.running and event.timestamp_ms + held_retention_ms <= event.read_at_ms:
+            life.too_old += 1  # its held life would be over already: never held
+            return
         life.running.append((event.body, event.timestamp_ms, event.read_at_ms))
         return
     if life.running:
@@ -179,7 +192,10 @@ def _on_event(life: _Life, event: Read, dedupe_window_ms: int) -> None:
         life.terminal = dict(event.body)
         life.origin = TERMINAL_ONLY
     life.terminal_read_at = event.read_at_ms
-    life.expires_ms = event.read_at_ms + dedupe_window_ms
+    life.expires_ms = event.read_at_ms + marker_ms
+
+
+DEFAULT_HELD_RETENTION_MS = 259_200_000  # 3 days
 
 
 def expected(
@@ -187,34 +203,40 @@ def expected(
     *,
     stale_after_ms: int = 300_000,
     dedupe_window_ms: int = 3_600_000,
+    held_retention_ms: int = DEFAULT_HELD_RETENTION_MS,
     explicit_sweeps: bool = False,
     until_ms: int | None = None,
     sweep_lag_ms: int | None = None,
 ) -> Expected:
     """What the output topic must hold for one execution (see the module docstring)."""
+    marker_ms = max(dedupe_window_ms, held_retention_ms)
     if explicit_sweeps:
-        return _exact(timeline, stale_after_ms, dedupe_window_ms)
-    return _loose(timeline, stale_after_ms, dedupe_window_ms, until_ms, sweep_lag_ms)
+        return _exact(timeline, stale_after_ms, marker_ms, held_retention_ms)
+    return _loose(timeline, stale_after_ms, marker_ms, held_retention_ms, until_ms, sweep_lag_ms)
 
 
-def _exact(timeline, stale_after_ms: int, dedupe_window_ms: int) -> Expected:
+def _exact(timeline, stale_after_ms: int, marker_ms: int, held_retention_ms: int) -> Expected:
     episodes: list[Episode] = []
     life: _Life | None = None
     for item in _reads(timeline):
         if isinstance(item, Sweep):
             if life is None:
                 continue
-            if life.terminal is None and life.running and life.stale is None:
-                due = life.running[0][1] + stale_after_ms
-                if due <= item.at_ms:
-                    life.stale = (coalesce(body for body, _, _ in life.running),)
+            if life.terminal is None and life.running:
+                first_ts = life.running[0][1]
+                if life.stale is None:
+                    if first_ts + stale_after_ms <= item.at_ms:
+                        life.stale = (coalesce(body for body, _, _ in life.running),)
+                elif first_ts + held_retention_ms <= item.at_ms:  # a sweep after the flush
+                    episodes.append(_close_exact(life))
+                    life = None
             elif life.terminal is not None and life.expires_ms <= item.at_ms:
                 episodes.append(_close_exact(life))
                 life = None
             continue
         if life is None:
             life = _Life()
-        _on_event(life, item, dedupe_window_ms)
+        _on_event(life, item, marker_ms, held_retention_ms)
     if life is not None:
         episodes.append(_close_exact(life))
     return Expected(tuple(episodes))
@@ -227,7 +249,7 @@ def _close_exact(life: _Life) -> Episode:
 
 
 def _loose(
-    timeline, stale_after_ms: int, dedupe_window_ms: int, until_ms, sweep_lag_ms
+    timeline, stale_after_ms: int, marker_ms: int, held_retention_ms: int, until_ms, sweep_lag_ms
 ) -> Expected:
     life = _Life()
     seen = False
@@ -235,12 +257,17 @@ def _loose(
         if isinstance(item, Sweep):
             raise ValueError("Sweep items need explicit_sweeps=True")
         seen = True
-        if life.terminal is not None and item.read_at_ms >= life.expires_ms:  # type: ignore[operator]
+        if (life.terminal is not None and item.read_at_ms >= life.expires_ms) or (
+            life.terminal is None
+            and life.running
+            and item.read_at_ms >= life.running[0][1] + held_retention_ms  # type: ignore[operator]
+        ):
             raise ValueError(
-                "an event came after the dedupe window of the terminal: "
-                "the loose mode cannot tell what the worker remembers; use explicit sweeps"
+                "an event came after the execution's marker or held RUNNING may have "
+                "expired: the loose mode cannot tell what the worker remembers; "
+                "use explicit sweeps"
             )
-        _on_event(life, item, dedupe_window_ms)
+        _on_event(life, item, marker_ms, held_retention_ms)
     if not seen:
         return Expected()
     if not life.running:
@@ -353,7 +380,12 @@ def check_execution(expected: Expected, actual_records: Iterable[Any]) -> list[s
             if nxt.origin is not None and nxt.origin != STALE_RUNNING:
                 violations.append(f"{label}RUNNING record with origin {nxt.origin!r}")
             pos += 1
-            while pos < len(actual) and actual[pos].is_running:
+            # an episode forgotten without a terminal (its held RUNNING expired) is followed
+            # by the next episode's records, which may start with a RUNNING of its own
+            last = n == len(expected.episodes) - 1
+            while (episode.terminal is not None or last) and (
+                pos < len(actual) and actual[pos].is_running
+            ):
                 violations.append(f"{label}duplicated: another RUNNING record before the terminal")
                 pos += 1
         elif episode.running == REQUIRED:

@@ -57,6 +57,12 @@ class Kind(StrEnum):
     V1_DUPLICATE_TERMINAL = "v1-duplicate-terminal"  # the terminal sent twice (same bytes)
     V1_LATE_RUNNING = "v1-late-running"  # the RUNNING re-sent after the terminal
     V1_REPEATED_RUNNING = "v1-repeated-running"  # 2-3 RUNNING events, then the terminal
+    # the RUNNING re-sent (same bytes) `replay_after_ms` after the terminal, past the dedupe
+    # window: an agent replaying its buffer after an outage
+    V1_REPLAYED_RUNNING = "v1-replayed-running"
+    # RUNNING and terminal sent back to back without a key (Keying.SCATTERED): they may
+    # land on different partitions and reach the execution's partition in either order
+    V1_UNKEYED_PAIR = "v1-unkeyed-pair"
     V2 = "v2"  # one complete record (explicit protocol_version 2, or a v2-registered agent)
 
 
@@ -65,6 +71,10 @@ class Keying(StrEnum):
     UNKEYED = "unkeyed"  # no key at all
     WRONG_KEY = "wrong-key"  # keyed by something else (the agent id)
     MIXED = "mixed"  # some records keyed, some not
+    # no key, and the agent's client spreads the records over partitions: one execution's
+    # records may land on different partitions (only Kind.V1_UNKEYED_PAIR; the others
+    # without a key still send one execution to one partition)
+    SCATTERED = "scattered"
 
 
 @dataclass(slots=True)
@@ -150,6 +160,9 @@ class Params:
     duplicate_share: float = 0.01
     late_running_share: float = 0.01
     repeated_running_share: float = 0.02
+    replayed_running_share: float = 0.005
+    # Off by default until the re-key path keeps such pairs' RUNNING fields (issue 10, item 2)
+    unkeyed_pair_share: float = 0.0
     unkeyed_share: float = 0.01  # any kind; split between Keying.UNKEYED, WRONG_KEY, MIXED
     malformed_share: float = 0.001  # a malformed record is added with this chance per execution
     failed_share: float = 0.05  # share of terminals that are FAILED
@@ -165,6 +178,9 @@ class Params:
     processors: tuple[int, int] = (5, 20)  # nodes of a route's processor tree
     start_ms: int = 1_735_689_600_000  # 2025-01-01T00:00:00Z
     interval_ms: int = 1  # between execution starts
+    # from a V1_REPLAYED_RUNNING's terminal to its replay: past the default dedupe window
+    # (1 h), so with the default sizes every replay comes after all other records
+    replay_after_ms: int = 3_660_000
 
     def __post_init__(self) -> None:
         kinds = (
@@ -174,6 +190,8 @@ class Params:
             self.duplicate_share,
             self.late_running_share,
             self.repeated_running_share,
+            self.replayed_running_share,
+            self.unkeyed_pair_share,
         )
         shares = (
             *kinds,
@@ -195,6 +213,8 @@ class Params:
                 raise ValueError("size ranges must be (low, high) with 0 < low <= high")
         if self.in_flight < 1 or self.interval_ms < 1:
             raise ValueError("in_flight and interval_ms must be at least 1")
+        if self.replay_after_ms < 1:
+            raise ValueError("replay_after_ms must be at least 1")
 
 
 @dataclass
@@ -221,6 +241,8 @@ _ODDITIES = (
     "duplicate_share",
     "late_running_share",
     "repeated_running_share",
+    "replayed_running_share",
+    "unkeyed_pair_share",
     "unkeyed_share",
     "malformed_share",
 )
@@ -396,10 +418,13 @@ _TERMINAL_ONLY = Kind.V1_TERMINAL_ONLY
 _DUPLICATE = Kind.V1_DUPLICATE_TERMINAL
 _LATE = Kind.V1_LATE_RUNNING
 _REPEATED = Kind.V1_REPEATED_RUNNING
+_REPLAYED = Kind.V1_REPLAYED_RUNNING
+_PAIR = Kind.V1_UNKEYED_PAIR
 _KEYED = Keying.KEYED
 _UNKEYED = Keying.UNKEYED
 _WRONG_KEY = Keying.WRONG_KEY
 _MIXED = Keying.MIXED
+_SCATTERED = Keying.SCATTERED
 
 
 def _uuid(bits: int) -> str:
@@ -538,6 +563,9 @@ class _Generator:
             (Kind.V1_DUPLICATE_TERMINAL, p.duplicate_share),
             (Kind.V1_LATE_RUNNING, p.late_running_share),
             (Kind.V1_REPEATED_RUNNING, p.repeated_running_share),
+            # last: with their shares added, the draws of the kinds above stay as they were
+            (Kind.V1_REPLAYED_RUNNING, p.replayed_running_share),
+            (Kind.V1_UNKEYED_PAIR, p.unkeyed_pair_share),
         ):
             total += share
             thresholds.append((total, kind))
@@ -576,6 +604,8 @@ class _Generator:
         keying = _KEYED
         if p.unkeyed_share and rnd() < p.unkeyed_share:
             keying = rng.choice((_UNKEYED, _WRONG_KEY, _MIXED))
+        if kind == _PAIR:
+            keying = _SCATTERED
         self.exchanges += 1
         ids = {
             "correlation_id": _uuid(rng.getrandbits(128)),
@@ -605,6 +635,8 @@ class _Generator:
                 times_at = sorted(start + int(rnd() * duration) for _ in retries)
                 for retry, at in zip(retries, times_at, strict=True):
                     add(RUNNING, self._running_again(agent, route, execution_id, retry), at)
+            if kind == _PAIR:
+                end = start  # sent right after its RUNNING
             if kind != _STUCK:
                 terminal = self._terminal(agent, route, execution_id, ids, start, end, status)
                 add(status, terminal, end)
@@ -613,13 +645,15 @@ class _Generator:
                     add(status, terminal, after)
                 elif kind == _LATE:
                     add(RUNNING, running, after)
+                elif kind == _REPLAYED:
+                    add(RUNNING, running, end + p.replay_after_ms)
         headers = [("content-type", _JSON), ("cameleer-agent", agent.agent_id.encode())]
         own_key = execution_id.encode()
         events = []
         for value in bodies:
             if keying == _KEYED:
                 key: bytes | None = own_key
-            elif keying == _UNKEYED:
+            elif keying in (_UNKEYED, _SCATTERED):
                 key = None
             elif keying == _WRONG_KEY:
                 key = agent.agent_id.encode()

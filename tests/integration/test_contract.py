@@ -65,6 +65,7 @@ def test_coalesce_merge_nulls_absent_unknown_and_nested(bootstrap, topics, worke
         error={"type": "Boom", "message": "it broke"},
         duration_ms=12,
         another_unknown=[1, 2, 3],
+        output_body=None,  # null, and absent from the RUNNING event
     )
     produce(bootstrap, topics.raw, [(eid.encode(), running), (eid.encode(), terminal)])
     [out] = outputs_for(bootstrap, topics, eid)
@@ -83,6 +84,7 @@ def test_coalesce_merge_nulls_absent_unknown_and_nested(bootstrap, topics, worke
         "error": {"type": "Boom", "message": "it broke"},
         "duration_ms": 12,
         "another_unknown": [1, 2, 3],
+        "output_body": None,  # every field present in either event is present
     }
     assert settle(bootstrap, topics, eid) == [out]
 

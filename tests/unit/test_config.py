@@ -36,8 +36,17 @@ def test_command_line_overrides_the_environment():
         ({"CAMELEER_COMPRESSION": "snappy"}, "CAMELEER_COMPRESSION must be none or gzip"),
         ({"CAMELEER_BATCH_MAX": "many"}, "bad setting"),
         ({"CAMELEER_PROCESSING_GUARANTEE": "maybe"}, "exactly_once or at_least_once"),
+        ({"CAMELEER_HELD_RETENTION": "300"}, "must be longer than CAMELEER_STALE_AFTER"),
+        ({"CAMELEER_WEB_PORT": "70000"}, "CAMELEER_WEB_PORT must be 0"),
+        ({"CAMELEER_WEB_PORT": "-1"}, "CAMELEER_WEB_PORT must be 0"),
     ],
 )
 def test_bad_values_are_refused_with_a_clear_message(env, message):
     with pytest.raises(ValueError, match=message):
         Settings.from_env(env)
+
+
+def test_held_retention_defaults_to_three_days_and_web_port_0_is_allowed():
+    s = Settings.from_env({"CAMELEER_WEB_PORT": "0"})
+    assert s.held_retention == 3 * 86_400
+    assert s.web_port == 0

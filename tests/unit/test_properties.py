@@ -142,7 +142,7 @@ class Driver:
         index = self.index_keys(execution_id)
         if isinstance(state, Marker):
             wanted = [index_key(state.expires_ms, execution_id)]
-        elif isinstance(state, Held) and not state.stale_emitted:
+        elif isinstance(state, Held):  # its stale flush, or once flushed its retention
             wanted = [index_key(state.due_ms, execution_id)]
         else:
             wanted = []
@@ -244,20 +244,27 @@ def event_lists(draw, execution_id: str) -> list[tuple[str, bytes]]:
     return events
 
 
-rules_strategy = st.builds(
-    lambda stale, dedupe: merge.Rules(stale, dedupe, max_record_bytes=1 << 40),
-    st.integers(1, 2_000),
-    st.integers(1, 10_000),
-)
+@st.composite
+def rules_strategy(draw) -> merge.Rules:
+    """The worker's settings refuse a held retention that is not longer than stale_after."""
+    stale = draw(st.integers(1, 2_000))
+    dedupe = draw(st.integers(1, 10_000))
+    retention = draw(st.integers(stale + 1, 12_000) | st.sampled_from([dedupe, dedupe + 1]))
+    return merge.Rules(
+        stale, dedupe, max_record_bytes=1 << 40, held_retention_ms=max(retention, stale + 1)
+    )
 
 
 @st.composite
 def delays(draw, rules: merge.Rules) -> int:
-    """Time between two moments: none, a little, or around stale_after or the dedupe window."""
-    s, d = rules.stale_after_ms, rules.dedupe_window_ms
+    """Time between two moments: none, a little, or around stale_after, the dedupe window,
+    the held retention."""
+    s, d, h = rules.stale_after_ms, rules.dedupe_window_ms, rules.held_retention_ms
     return draw(
-        st.sampled_from([0, 0, 1, s - 1, s, s + 1, d - 1, d, d + 1]).map(lambda v: max(v, 0))
-        | st.integers(0, 2 * max(s, d))
+        st.sampled_from([0, 0, 1, s - 1, s, s + 1, d - 1, d, d + 1, h - 1, h, h + 1]).map(
+            lambda v: max(v, 0)
+        )
+        | st.integers(0, 2 * max(s, d, h))
     )
 
 
@@ -274,7 +281,7 @@ INDEX_COLLISIONS = True
 
 
 def collides(rules: merge.Rules, steps: list) -> bool:
-    """Some RUNNING's due time equals some later terminal read's marker expiry."""
+    """Some RUNNING's stale due time equals some later terminal read's marker expiry."""
     dues: dict[str, set[int]] = {}
     for step in steps:
         if step[0] != "read":
@@ -282,7 +289,7 @@ def collides(rules: merge.Rules, steps: list) -> bool:
         _, eid, status, _, ts, now = step
         if status == "RUNNING":
             dues.setdefault(eid, set()).add(ts + rules.stale_after_ms)
-        elif now + rules.dedupe_window_ms in dues.get(eid, ()):
+        elif now + rules.marker_ms in dues.get(eid, ()):
             return True
     return False
 
@@ -293,16 +300,20 @@ def plans(draw, ids_strategy) -> Plan:
 
     Kafka timestamps lag the read time (a backlog), or lead it (a producer clock ahead).
     """
-    rules = draw(rules_strategy)
+    rules = draw(rules_strategy())
     ids = draw(ids_strategy)
     per_id = {eid: draw(event_lists(eid)) for eid in ids}
     labels = [eid for eid in ids for _ in per_id[eid]]
     order = draw(st.permutations(labels))  # any interleaving of the executions
-    stale, dedupe = rules.stale_after_ms, rules.dedupe_window_ms
-    lags = st.sampled_from([0, 0, stale, stale - dedupe]) | st.integers(-stale, 2 * stale)
+    stale, dedupe, hold = rules.stale_after_ms, rules.dedupe_window_ms, rules.held_retention_ms
+    # a lag of about the held retention: an old RUNNING replayed with its own timestamp
+    lags = st.sampled_from([0, 0, stale, stale - dedupe, hold - 1, hold]) | st.integers(
+        -stale, 2 * stale
+    )
     now = START_MS
     steps: list = []
     cursor = dict.fromkeys(ids, 0)
+    first_ts: dict[tuple[str, bytes], int] = {}
     for eid in order:
         now += draw(delays(rules))
         if draw(st.booleans()):
@@ -310,8 +321,11 @@ def plans(draw, ids_strategy) -> Plan:
             now += draw(st.sampled_from([0, 0, 1]))
         status, value = per_id[eid][cursor[eid]]
         cursor[eid] += 1
-        lag = draw(lags)
-        steps.append(("read", eid, status, value, now - lag, now))
+        ts = now - draw(lags)
+        if (eid, value) in first_ts and status == "RUNNING" and draw(st.booleans()):
+            ts = first_ts[eid, value]  # re-sent with its original Kafka timestamp
+        first_ts.setdefault((eid, value), ts)
+        steps.append(("read", eid, status, value, ts, now))
     if draw(st.booleans()):
         now += draw(delays(rules))
         steps.append(("sweep", now))
@@ -337,10 +351,12 @@ def check_against_reference(plan: Plan) -> None:
             timelines[eid].append(Read(status, orjson.loads(value), ts, now))
     compare(plan, driver, timelines, settled=False)
 
-    now += 3 * (plan.rules.stale_after_ms + plan.rules.dedupe_window_ms)
-    driver.sweep(now)
-    for timeline in timelines.values():
-        timeline.append(Sweep(now))
+    rules = plan.rules
+    now += 3 * (rules.stale_after_ms + rules.marker_ms + rules.held_retention_ms)
+    for _ in range(2):  # a flush indexes the RUNNING again for its retention: a second sweep
+        driver.sweep(now)
+        for timeline in timelines.values():
+            timeline.append(Sweep(now))
     compare(plan, driver, timelines, settled=True)
 
 
@@ -352,29 +368,58 @@ def compare(plan: Plan, driver: Driver, timelines: dict[str, list], settled: boo
             timelines[eid],
             stale_after_ms=plan.rules.stale_after_ms,
             dedupe_window_ms=plan.rules.dedupe_window_ms,
+            held_retention_ms=plan.rules.held_retention_ms,
             explicit_sweeps=True,
         )
         outputs = driver.outputs_of(eid)
         assert reference.check_execution(expected, outputs) == [], (eid, expected, outputs)
+        check_never_running_after_terminal(plan, eid, timelines[eid], outputs)
         if len(expected.episodes) == 1:
             assert reference.invariants(outputs, terminal_read=expected.terminal_read) == []
         elif expected.episodes and settled and currently_in_test_context():
-            event("an execution forgotten after its dedupe window, then seen again")
+            event("an execution forgotten (marker or held retention), then seen again")
         if settled:
-            check_settled(driver, eid, expected)
-
-
-def check_settled(driver: Driver, eid: str, expected: reference.Expected) -> None:
-    """Bounded state: once every due time passed and a sweep ran, only a stuck RUNNING stays."""
-    assert driver.index_keys(eid) == []
-    state = driver.state(eid)
-    last = expected.episodes[-1] if expected.episodes else None
-    if last is None or last.terminal is not None:
-        assert state is None, (eid, state)
-    else:  # RUNNING with no terminal yet: held (flushed once) until its terminal comes
+            check_settled(driver, eid)
         if currently_in_test_context():
-            event("a stuck RUNNING stays held after its stale flush")
-        assert isinstance(state, Held) and state.stale_emitted, state
+            for episode in expected.episodes:
+                if episode.dropped_too_old:
+                    event("a RUNNING older than the held retention, nothing held: dropped")
+                if episode.terminal is None and episode.running == reference.REQUIRED and settled:
+                    event("a stuck RUNNING flushed, then expired after the held retention")
+
+
+def check_never_running_after_terminal(plan: Plan, eid: str, timeline: list, outputs) -> None:
+    """CONTRACT: however late a RUNNING arrives, no RUNNING record follows the terminal
+    record. The one case the worker cannot tell (README, "Choices"): a RUNNING whose Kafka
+    timestamp is after its terminal event's read, arriving after the terminal's marker
+    expired (an agent clock ahead, or a re-send with a new timestamp); the plans' lags
+    make such timestamps, so only executions without one are held to it."""
+    reads = [item for item in timeline if isinstance(item, Read)]
+    terminal_reads = [r.read_at_ms for r in reads if r.status != "RUNNING"]
+    if terminal_reads and any(
+        r.status == "RUNNING" and r.timestamp_ms > terminal_reads[0] for r in reads
+    ):
+        return
+    if (
+        currently_in_test_context()
+        and terminal_reads
+        and any(
+            r.status == "RUNNING" and r.read_at_ms >= terminal_reads[0] + plan.rules.marker_ms
+            for r in reads
+        )
+    ):
+        event("a RUNNING read after its terminal's marker life, with an old timestamp")
+    statuses = [orjson.loads(o.value)["status"] for o in outputs]
+    if "RUNNING" in statuses and any(s != "RUNNING" for s in statuses):
+        first_terminal = next(i for i, s in enumerate(statuses) if s != "RUNNING")
+        assert "RUNNING" not in statuses[first_terminal:], (eid, statuses)
+
+
+def check_settled(driver: Driver, eid: str) -> None:
+    """Bounded state: once every due time passed and sweeps ran, nothing of it is left,
+    not even a stuck RUNNING (it leaves after the held retention)."""
+    assert driver.index_keys(eid) == []
+    assert driver.state(eid) is None, (eid, driver.state(eid))
 
 
 ids_one = st.just(["exec-1"])
@@ -418,6 +463,7 @@ def test_terminal_after_held_running_is_the_contract_coalesce(first, more, last)
     expected = dict(first)
     for fields in [*more, terminal]:
         expected.update({k: v for k, v in fields.items() if v is not None})
+        expected.update({k: None for k, v in fields.items() if v is None and k not in expected})
     expected.update(execution_id="x", status="FAILED")
     assert orjson.loads(out.value) == expected
     assert driver.problems == []
@@ -559,8 +605,14 @@ def test_reference_loose_mode_stale_windows():
     late = reference.expected([run, ("COMPLETED", done, 500)], stale_after_ms=100, sweep_lag_ms=100)
     assert late.episodes[0].running == reference.REQUIRED
     assert reference.check_execution(late, [done]) != []
-    with pytest.raises(ValueError):
-        reference.expected([("COMPLETED", done, 0), ("RUNNING", run[1], 20)], dedupe_window_ms=10)
+    with pytest.raises(ValueError):  # past the marker's life (dedupe window or held retention)
+        reference.expected(
+            [("COMPLETED", done, 0), ("RUNNING", run[1], 20)],
+            dedupe_window_ms=10,
+            held_retention_ms=10,
+        )
+    with pytest.raises(ValueError):  # past the held RUNNING's retention
+        reference.expected([run, ("COMPLETED", done, 200)], held_retention_ms=150)
 
 
 def test_null_field_of_a_running_event_is_kept():
@@ -581,20 +633,21 @@ def test_null_field_of_a_running_event_is_kept():
     }
 
 
-# -- where app/merge.py and the contract disagree (the contract wins) ---------------------
+# -- index keys that coincide ------------------------------------------------------------
 
 
-def test_known_disagreement_marker_expiry_on_the_stale_due():
-    """When now + dedupe_window == the held RUNNING's stale due time, decide() writes the
-    marker's index key and then deletes the same key as "the stale entry": the marker never
-    expires, so duplicates are dropped forever and the state is never freed. Reachable with
-    stale_after > dedupe_window (the configuration allows it), or a producer clock ahead."""
-    driver = Driver(merge.Rules(stale_after_ms=300_000, dedupe_window_ms=60_000))
-    driver.read(b'{"execution_id":"c","status":"RUNNING"}', START_MS, START_MS)
-    driver.read(b'{"execution_id":"c","status":"COMPLETED"}', START_MS, START_MS + 240_000)
-    assert driver.problems == []  # the layout check sees the missing index entry
-    driver.sweep(START_MS + 10_000_000)
-    assert driver.store == {}  # the marker stays forever
+def test_marker_expiry_on_the_stale_due_time_still_expires():
+    """When now + marker life == the held RUNNING's stale due time (a producer clock ahead),
+    the marker's index key is the key decide() deletes as the RUNNING's entry: the delete
+    must come first, or the marker would never expire."""
+    rules = merge.Rules(300_000, 3_600_000, 1 << 40, held_retention_ms=7_200_000)
+    driver = Driver(rules)
+    ahead = START_MS + 1_000 + rules.marker_ms - rules.stale_after_ms
+    driver.read(b'{"execution_id":"c","status":"RUNNING"}', ahead, START_MS)
+    driver.read(b'{"execution_id":"c","status":"COMPLETED"}', START_MS, START_MS + 1_000)
+    assert driver.problems == []  # the layout check: the marker has its index entry
+    driver.sweep(START_MS + 10 * rules.marker_ms)
+    assert driver.store == {}
 
 
 # -- the simulator's workloads through the core ----------------------------------------------
@@ -611,13 +664,22 @@ def test_simulated_workload_through_the_core_matches_the_model(seed):
         "late_running_share": 0.05,
         "repeated_running_share": 0.05,
         "terminal_only_share": 0.05,
+        "replayed_running_share": 0.05,
+        "unkeyed_pair_share": 0.05,
         "unkeyed_share": 0.1,
     }
     registry = {}
     for record in simulator.agent_registrations(seed, **options):
         registration = orjson.loads(record.value)
         registry[registration["agent_id"]] = registration["protocol_version"]
-    rules = merge.Rules(stale_after_ms=200, dedupe_window_ms=10_000, max_record_bytes=1 << 40)
+    # replays come replay_after_ms (about an hour) after their terminal: past the dedupe
+    # window and the held retention, so each meets its marker or is too old to hold
+    rules = merge.Rules(
+        stale_after_ms=200,
+        dedupe_window_ms=10_000,
+        max_record_bytes=1 << 40,
+        held_retention_ms=1_000_000,
+    )
     driver = Driver(rules)
     timeline: list = []  # (execution_id, or None for a sweep; Read or Sweep)
     executions: dict[str, simulator.Execution] = {}
@@ -644,11 +706,15 @@ def test_simulated_workload_through_the_core_matches_the_model(seed):
             assert decision.writes == {}
             passed.setdefault(execution.execution_id, []).extend(o.value for o in decision.outputs)
             continue
-        driver.read(record.value, at, at, key=record.key, headers=record.headers)
-        timeline.append((execution.execution_id, Read(parsed.status, parsed.body, at, at)))
-    at += 10 * rules.dedupe_window_ms
-    driver.sweep(at)
-    timeline.append((None, Sweep(at)))
+        ts = at
+        if execution.kind == simulator.Kind.V1_REPLAYED_RUNNING and step.last:
+            ts = execution.times_ms[0]  # replayed with its original Kafka timestamp
+        driver.read(record.value, ts, at, key=record.key, headers=record.headers)
+        timeline.append((execution.execution_id, Read(parsed.status, parsed.body, ts, at)))
+    at += 10 * rules.marker_ms
+    for _ in range(2):  # the second one expires the RUNNINGs the first one flushed
+        driver.sweep(at)
+        timeline.append((None, Sweep(at)))
     assert driver.problems == []
 
     for eid, execution in executions.items():
@@ -659,15 +725,19 @@ def test_simulated_workload_through_the_core_matches_the_model(seed):
             [item for owner, item in timeline if owner in (None, eid)],
             stale_after_ms=rules.stale_after_ms,
             dedupe_window_ms=rules.dedupe_window_ms,
+            held_retention_ms=rules.held_retention_ms,
             explicit_sweeps=True,
         )
         outputs = driver.outputs_of(eid)
         assert reference.check_execution(expected, outputs) == [], (execution.kind, eid)
         terminal_read = execution.terminal_status is not None
         assert reference.invariants(outputs, terminal_read=terminal_read) == []
-        check_settled(driver, eid, expected)
+        check_settled(driver, eid)
         if execution.kind == simulator.Kind.V1_STUCK:
             assert [o.origin for o in outputs] == [merge.STALE_RUNNING]
+        if execution.kind in (simulator.Kind.V1_REPLAYED_RUNNING, simulator.Kind.V1_UNKEYED_PAIR):
+            assert [o.origin for o in outputs] == [merge.MERGED], execution.kind
+    assert driver.counters["running_too_old"] + driver.counters["running_after_terminal"] >= 2
     assert {e.kind for e in executions.values()} == set(simulator.Kind)
     assert set(reasons) == set(MALFORMED_REASONS)
 

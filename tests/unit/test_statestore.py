@@ -87,6 +87,30 @@ def test_a_sweep_reads_only_the_due_entries_of_100k_held_executions(db):
     assert db.touched <= 25, db.touched
 
 
+def test_retention_sweep_reads_only_the_due_entries_of_100k_flushed_executions(db):
+    """Issue 10: held RUNNINGs that were flushed stay indexed at the end of their retention;
+    a sweep reads the ones due, not the 100,000 held."""
+    rules = merge.Rules(stale_after_ms=1_000, held_retention_ms=1_000_000)
+    now = 10_000_000
+    for i in range(100_000):
+        first = now - rules.held_retention_ms - 5 if i % 10_000 == 0 else now - 500_000 + i
+        retain = first + rules.held_retention_ms
+        src = (Source("raw", 0, 0, first, None, b"{}"),)
+        db.db[state_key(f"e{i}")] = encode_state(Held(first, retain, True, src))
+        db.db[index_key(retain, f"e{i}")] = b""
+    store, _ = store_over(db)
+    db.touched = 0
+    due_keys = store.due(0, now, limit=10_000)
+    for key in due_keys:
+        due, eid = parse_index_key(key)
+        decision = merge.sweep_entry(eid, due, store.get(0, state_key(eid)), rules, now)
+        assert decision.counter == "held_expired"
+        store.apply(0, decision.writes)
+    assert len(due_keys) == 10
+    assert db.touched <= 25, db.touched
+    assert store.due(0, now, limit=10_000) == []  # the expired ones left the index
+
+
 def test_writes_stay_in_the_overlay_until_the_transaction_commits(db):
     store, changelog = store_over(db)
 
