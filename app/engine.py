@@ -108,6 +108,8 @@ class Engine:
         self._changelog: Outbox | None = None
         self._idle = asyncio.Event()  # no commit under way: records may be sent
         self._idle.set()
+        self._epoch = 0  # the seek the current assignment's positions come from
+        self._epoch_changed = asyncio.Condition()
         self._stopped = False
         # the current assignment
         self._group: GroupMetadata | None = None
@@ -151,6 +153,8 @@ class Engine:
             if self._stopped:
                 return
             self._stopped = True
+            async with self._epoch_changed:
+                self._epoch_changed.notify_all()  # batches waiting for an assignment: drop
             if self._producer is None:
                 return
             if self._group is not None:
@@ -159,8 +163,11 @@ class Engine:
 
     # ---- assignment -------------------------------------------------------------------
 
-    async def on_assigned(self, positions: dict, group: GroupMetadata) -> None:
-        """The source partitions of a new assignment, sought to the group's stable offsets."""
+    async def on_assigned(self, positions: dict, group: GroupMetadata, epoch: int) -> None:
+        """The source partitions of a new assignment, sought to the group's stable offsets.
+
+        `epoch` numbers the seek: batches carry the epoch they were fetched in.
+        """
         await self._registry_ready.wait()  # a v2 agent's records must not be read as v1
         ends = {}
         if not self.exactly_once and self._port is not None:
@@ -175,6 +182,9 @@ class Engine:
             self._fresh = set(positions)
             self._with_markers.clear()
             self._catch_up_to = {tp: end for tp, end in ends.items() if end is not None}
+        async with self._epoch_changed:
+            self._epoch = max(self._epoch, epoch)
+            self._epoch_changed.notify_all()
         log.info(
             "generation %d: source partitions resume at %s",
             group.generation_id,
@@ -203,14 +213,23 @@ class Engine:
 
     # ---- records ----------------------------------------------------------------------
 
-    async def handle(self, batch: dict, generation: int | None) -> None:
-        """Records fetched together: TopicPartition -> records in offset order."""
+    async def handle(self, batch: dict, epoch: int) -> None:
+        """Records fetched together: TopicPartition -> records in offset order.
+
+        `epoch`: the seek the records follow. Fetched before the last seek, they are
+        dropped (the seek put the consumer back where they will be read again);
+        fetched after a seek whose assignment the engine has not taken yet, they
+        wait for it.
+        """
+        if epoch > self._epoch:
+            async with self._epoch_changed:
+                await self._epoch_changed.wait_for(lambda: self._epoch >= epoch or self._stopped)
         waited = time.monotonic()
         async with self._lock:
             started = time.monotonic()
             self.seconds["handle_lock_wait"] += started - waited
-            if self._stopped or self._group is None or generation != self._group.generation_id:
-                return  # fetched before a rebalance: the new assignment reads them again
+            if self._stopped or self._group is None or epoch != self._epoch:
+                return  # fetched before a seek: read again from the sought positions
             outbox = self._outbox
             for tp, records in batch.items():
                 expected = self._positions.get(tp)

@@ -233,20 +233,35 @@ class MergerConsumerThread(AIOKafkaConsumerThread):
         # read_committed gives the last stable offset).
         return await self._ensure_consumer().end_offsets(partitions)
 
-    async def seek_to_stable_offsets(self, tps) -> tuple[dict, GroupMetadata]:
-        """Seek to the stable committed offsets (or the start); positions and group."""
+    # Counts the seeks of source partitions. A fetch reads it when it returns, on this
+    # thread, so each batch says which seek its records follow: records fetched before
+    # a seek, even if handed over after it, come from the positions it replaced.
+    seek_epoch = 0
+
+    async def seek_to_stable_offsets(self, tps) -> tuple[dict, GroupMetadata, int]:
+        """Seek to the stable committed offsets (or the start); positions, group, epoch."""
         consumer = self._ensure_consumer()
         atps = [TopicPartition(tp.topic, tp.partition) for tp in tps]
         committed = await fetch_stable_offsets(consumer, atps)
         unset = [tp for tp in atps if committed.get(tp) is None]
-        for tp in atps:
-            if committed.get(tp) is not None:
-                consumer.seek(tp, committed[tp])
-        if unset:
-            await consumer.seek_to_beginning(*unset)
-        positions = {tp: await consumer.position(tp) for tp in atps}
+        starts = await consumer.beginning_offsets(unset) if unset else {}
+        positions = {tp: starts[tp] if tp in starts else committed[tp] for tp in atps}
+        # no await from here to the epoch: a fetch returning in between would carry
+        # records of the new positions under the old epoch
+        for tp, offset in positions.items():
+            consumer.seek(tp, offset)  # drops what was fetched for tp before
+        self.seek_epoch += 1
         c = consumer._coordinator  # the generation these partitions were assigned in
-        return positions, GroupMetadata(c.group_id, c.generation, c.member_id, c._group_instance_id)
+        group = GroupMetadata(c.group_id, c.generation, c.member_id, c._group_instance_id)
+        return positions, group, self.seek_epoch
+
+    async def fetch_batch(self, active, timeout: float) -> tuple[dict, int]:
+        """Faust's fetch (`_fetch_records`), and the seek epoch its records follow."""
+        consumer = self._ensure_consumer()
+        records = await self._fetch_records(
+            consumer, active, timeout=timeout, max_records=consumer._max_poll_records
+        )
+        return records, self.seek_epoch
 
     async def end_offsets(self, tps) -> dict:
         return await self._ensure_consumer().end_offsets(
@@ -289,9 +304,10 @@ class MergerConsumer(Consumer):
                 if not active:
                     await self.sleep(0.1)  # nothing assigned or all paused: rebalancing
                     continue
-                generation = self.app.consumer_generation_id
                 asked = time.monotonic()
-                records = await self._getmany(active_partitions=active, timeout=1.0)
+                records, epoch = await self._thread.call_thread(
+                    self._thread.fetch_batch, active, 1.0
+                )
                 self._engine.seconds["fetch_wait"] += time.monotonic() - asked
                 if not records or not self.flow_active:
                     continue  # a rebalance began: the new assignment reads them again
@@ -304,7 +320,7 @@ class MergerConsumer(Consumer):
                             await callback(self._to_message(tp, record))
                 if batch:
                     # shielded: a stopping fetcher must not cut a batch in half
-                    await asyncio.shield(self._engine.handle(batch, generation))
+                    await asyncio.shield(self._engine.handle(batch, epoch))
         except self.consumer_stopped_errors:
             if self.transport.app.should_stop:
                 return
@@ -318,10 +334,10 @@ class MergerConsumer(Consumer):
         sources = [tp for tp in self.assignment() if tp.topic in self._engine.source_topics]
         if not sources:
             return
-        positions, group = await self._thread.call_thread(
+        positions, group, epoch = await self._thread.call_thread(
             self._thread.seek_to_stable_offsets, sources
         )
-        await self._engine.on_assigned(positions, group)
+        await self._engine.on_assigned(positions, group, epoch)
 
     async def on_partitions_revoked(self, revoked) -> None:
         await super().on_partitions_revoked(revoked)
