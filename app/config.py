@@ -42,6 +42,13 @@ SETTINGS_OPTIONS = (
         "seconds after its Kafka timestamp a RUNNING with no terminal leaves the state; "
         "finished executions are remembered as long",
     ),
+    Option(
+        "CAMELEER_REKEY_GRACE",
+        "--rekey-grace",
+        "60",
+        "longest wait, in seconds, of a terminal event that came through the re-key topic "
+        "and found nothing held, for its RUNNING (0: no wait)",
+    ),
     Option("CAMELEER_STATE_DIR", "--state-dir", "./state", "folder of the local RocksDB state"),
     Option(
         "CAMELEER_PROCESSING_GUARANTEE",
@@ -93,6 +100,7 @@ class Settings:
     stale_after: float
     dedupe_window: float
     held_retention: float
+    rekey_grace: float
     state_dir: Path
     processing_guarantee: str
     web_port: int
@@ -141,6 +149,7 @@ class Settings:
                 stale_after=float(raw["stale_after"]),
                 dedupe_window=float(raw["dedupe_window"]),
                 held_retention=float(raw["held_retention"]),
+                rekey_grace=float(raw["rekey_grace"]),
                 state_dir=Path(raw["state_dir"]).resolve(),
                 processing_guarantee=guarantee,
                 web_port=int(raw["web_port"]),
@@ -162,6 +171,8 @@ class Settings:
                 "CAMELEER_HELD_RETENTION must be longer than CAMELEER_STALE_AFTER "
                 "(a held RUNNING is flushed before it leaves the state)"
             )
+        if settings.rekey_grace < 0:
+            raise ValueError("CAMELEER_REKEY_GRACE must be 0 or more")
         if not 0 <= settings.web_port <= 65535:
             raise ValueError("CAMELEER_WEB_PORT must be 0 (no web server) or a TCP port")
         if settings.commit_interval <= 0:

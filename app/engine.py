@@ -38,14 +38,21 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from typing import Protocol
 
+from aiokafka import TopicPartition
+
 from .kip447 import GroupMetadata
 from .outbox import Outbox
 from .processor import Processor
+from .rekeybarrier import RekeyBarrier
 from .statestore import StateStore
 
 log = logging.getLogger(__name__)
 
 EXIT_FATAL = 70
+# at_least_once has no transaction to fence a zombie: a worker whose group heard
+# nothing from it for a session timeout may have lost its partitions, and must not
+# produce what it handled before (a stale RUNNING after the new owner's terminal).
+SESSION_TIMEOUT_S = 10.0  # app.worker's broker_session_timeout
 # Full batches that may wait for a commit to end before records are no longer handled.
 QUEUED_BYTES_MAX = 64 * 1024**2
 
@@ -76,6 +83,10 @@ class GroupPort(Protocol):
 
     async def end_offsets(self, tps: Iterable) -> dict: ...
 
+    async def stable_offsets(self, tps: Iterable) -> dict: ...
+
+    def seconds_since_heartbeat(self) -> float: ...
+
 
 class Engine:
     def __init__(
@@ -87,6 +98,7 @@ class Engine:
         exactly_once: bool,
         raw_topic: str,
         rekey_topic: str,
+        raw_partitions: int,
         new_producer: Callable[[], object],
         registry_ready: asyncio.Event,
         first_record_at: Callable,
@@ -98,6 +110,11 @@ class Engine:
         self.raw_topic = raw_topic
         self.rekey_topic = rekey_topic
         self.source_topics = frozenset({raw_topic, rekey_topic})
+        self.raw_partitions = raw_partitions
+        self._barrier = RekeyBarrier()  # how far the re-key topic is known complete
+        self._consumed: dict = {}  # re-key TopicPartition -> consumer position handled
+        self._pending = False  # re-keyed terminals wait: follow the re-key progress
+        self._waiting_mark = 0
         self._new_producer = new_producer
         self._registry_ready = registry_ready
         self._first_record_at = first_record_at  # async (tp, offset) -> first record there
@@ -182,6 +199,8 @@ class Engine:
             self._fresh = set(positions)
             self._with_markers.clear()
             self._catch_up_to = {tp: end for tp, end in ends.items() if end is not None}
+            self._barrier.reset()
+            self._consumed.clear()
         async with self._epoch_changed:
             self._epoch = max(self._epoch, epoch)
             self._epoch_changed.notify_all()
@@ -213,8 +232,11 @@ class Engine:
 
     # ---- records ----------------------------------------------------------------------
 
-    async def handle(self, batch: dict, epoch: int) -> None:
+    async def handle(self, batch: dict, epoch: int, consumed: dict | None = None) -> None:
         """Records fetched together: TopicPartition -> records in offset order.
+
+        `consumed`: the consumer's positions of the re-key partitions once the batch
+        was taken (past transaction markers), for the re-key progress.
 
         `epoch`: the seek the records follow. Fetched before the last seek, they are
         dropped (the seek put the consumer back where they will be read again);
@@ -230,6 +252,8 @@ class Engine:
             self.seconds["handle_lock_wait"] += started - waited
             if self._stopped or self._group is None or epoch != self._epoch:
                 return  # fetched before a seek: read again from the sought positions
+            if consumed:  # handled below, before anything else can read it
+                self._consumed.update(consumed)
             outbox = self._outbox
             for tp, records in batch.items():
                 expected = self._positions.get(tp)
@@ -302,20 +326,65 @@ class Engine:
         )
 
     async def sweep(self) -> int:
-        """Stale flushes and marker expiry on every owned partition that is due."""
+        """Stale flushes, retention, pending re-keyed terminals: every owned partition."""
+        safe_ms = self._barrier.safe_ms
+        if self._pending and self._group is not None and self._port is not None:
+            safe_ms = await self._rekey_progress()
         async with self._lock:
             if self._stopped or self._group is None:
                 return 0
             swept = 0
+            still_waiting = self.counts["terminal_still_waiting"]
             for partition in sorted({tp.partition for tp in self._positions}):
                 if self._caught_up(partition):
                     try:
-                        swept += self.processor.sweep(partition, self._outbox)
+                        swept += self.processor.sweep(partition, self._outbox, safe_ms)
                     except Exception as exc:
                         fatal(f"sweeping partition {partition}", exc)
             await self._send_full()
+            # pending terminals: seen waiting now, or new since the last round
+            waiting = self.counts["terminal_waiting"]
+            self._pending = (
+                self.counts["terminal_still_waiting"] > still_waiting
+                or waiting != self._waiting_mark
+            )
+            self._waiting_mark = waiting
             self.counts["sweep_rounds"] += 1
             return swept
+
+    async def _rekey_progress(self) -> int:
+        """One round of app.rekeybarrier: raw ends, then committed, then re-key ends."""
+        raw = [TopicPartition(self.raw_topic, p) for p in range(self.raw_partitions)]
+        ours = [tp for tp in self._positions if tp.topic == self.rekey_topic]
+        try:
+            taken_ms = int(time.time() * 1000)
+            raw_ends = await self._port.end_offsets(raw)
+            committed = await self._port.stable_offsets(raw)
+            rekey_ends = await self._port.end_offsets(ours)
+        except Exception as exc:  # a later round tries again; the grace bounds the wait
+            log.warning("re-key progress not read: %r", exc)
+            return self._barrier.safe_ms
+        return self._barrier.observe(
+            taken_ms,
+            {tp.partition: offset for tp, offset in raw_ends.items()},
+            {tp.partition: offset for tp, offset in committed.items()},
+            rekey_ends,
+            self._consumed,
+        )
+
+    def _check_member(self) -> None:
+        """at_least_once, before anything is produced: still a member of the group?"""
+        if self.exactly_once or self._port is None:
+            return  # the transaction is fenced instead
+        silent = self._port.seconds_since_heartbeat()
+        if silent > SESSION_TIMEOUT_S:
+            fatal(
+                "fenced: this worker may no longer own its partitions",
+                RuntimeError(
+                    f"no heartbeat accepted for {silent:.1f} s (session timeout "
+                    f"{SESSION_TIMEOUT_S:.0f} s): nothing handled since is produced"
+                ),
+            )
 
     async def _send_full(self) -> None:
         """Send the batches that filled up (under the lock).
@@ -324,6 +393,7 @@ class Engine:
         records go on being handled into new batches, up to a memory bound.
         """
         if self._outbox.has_full:
+            self._check_member()
             if not self._idle.is_set():
                 if self._outbox.full_bytes < QUEUED_BYTES_MAX:
                     return
@@ -367,6 +437,7 @@ class Engine:
         if not offsets and not self.store.dirty_partitions() and not self._outbox.pending:
             return None
         self._idle.clear()
+        self._check_member()
         job = _Commit(offsets, self.store.seal(), begin_next, time.monotonic())
         try:
             for partition in job.sealed:
@@ -426,6 +497,7 @@ class Engine:
         before its terminal record was written would drop that record on replay.
         """
         await self._outbox.delivered()
+        self._check_member()
         await self._changelog.flush()
         last = await self._changelog.delivered()
         if job.offsets and not await self._port.commit_offsets(job.offsets):

@@ -4,11 +4,14 @@ Two key spaces share one store (and so one changelog topic):
 - `e` + execution_id -> the execution's state: `Held` RUNNING events, or a
   `Marker` saying its terminal record went out (kept for the dedupe window or
   the held retention, whichever is longer).
+  Or `Pending`: a terminal event that came through the re-key topic and found
+  nothing held, waiting (bounded) for a RUNNING that may still be on its way.
 - `i` + due time (8 bytes, big-endian ms) + execution_id -> b"": a time index,
   so a sweep reads only the entries that are due, in due order, never the whole
   store. Every state has exactly one index entry, at its next due time: a
   `Held` at `due_ms` (its stale flush, then, once flushed, the end of its
-  retention), a `Marker` at `expires_ms`. Nothing stays without one, so nothing
+  retention), a `Marker` at `expires_ms`, a `Pending` at `since_ms` (due at once:
+  each sweep looks whether it may go). Nothing stays without one, so nothing
   stays forever.
 
 Held RUNNING events are kept as their original bytes with where they came from:
@@ -23,6 +26,9 @@ from dataclasses import dataclass
 
 _HELD = b"H"
 _MARKER = b"T"
+_PENDING = b"P"
+_PENDING_HEAD = struct.Struct(">qqH")  # since_ms, deadline_ms, header count
+_HEADER_HEAD = struct.Struct(">Hi")  # name length, value length (-1: null)
 _HELD_HEAD = struct.Struct(">qqBH")  # first_ts_ms, due_ms, flags, event count
 _SOURCE_HEAD = struct.Struct(
     ">iqqiiH"
@@ -59,6 +65,16 @@ class Marker:
     expires_ms: int
 
 
+@dataclass(frozen=True, slots=True)
+class Pending:
+    """A re-keyed terminal event that found nothing held: its RUNNING may still be in
+    flight through the re-key topic from another partition."""
+
+    since_ms: int  # when the worker read it (wall clock)
+    deadline_ms: int  # emitted terminal-only then at the latest
+    terminal: Source  # its headers included: they go out with it
+
+
 def state_key(execution_id: str) -> bytes:
     return STATE_PREFIX + execution_id.encode()
 
@@ -77,47 +93,92 @@ def parse_index_key(key: bytes) -> tuple[int, str]:
     return due, key[9:].decode()
 
 
-def encode_state(state: Held | Marker) -> bytes:
+def _encode_source(src: Source, parts: list[bytes]) -> None:
+    topic = src.topic.encode()
+    key_len = -1 if src.key is None else len(src.key)
+    parts.append(
+        _SOURCE_HEAD.pack(
+            src.partition, src.offset, src.timestamp_ms, key_len, len(src.value), len(topic)
+        )
+    )
+    parts.append(topic)
+    if src.key is not None:
+        parts.append(src.key)
+    parts.append(src.value)
+
+
+def _decode_source(data: bytes, pos: int) -> tuple[Source, int]:
+    partition, offset, ts, key_len, value_len, topic_len = _SOURCE_HEAD.unpack_from(data, pos)
+    pos += _SOURCE_HEAD.size
+    topic = data[pos : pos + topic_len].decode()
+    pos += topic_len
+    key = None
+    if key_len >= 0:
+        key = data[pos : pos + key_len]
+        pos += key_len
+    value = data[pos : pos + value_len]
+    pos += value_len
+    return Source(topic, partition, offset, ts, key, value), pos
+
+
+def encode_state(state: Held | Marker | Pending) -> bytes:
     if isinstance(state, Marker):
         return _MARKER + _MARKER_BODY.pack(state.expires_ms)
+    if isinstance(state, Pending):
+        headers = state.terminal.headers
+        parts = [_PENDING, _PENDING_HEAD.pack(state.since_ms, state.deadline_ms, len(headers))]
+        for name, value in headers:
+            raw_name = name.encode()
+            parts.append(_HEADER_HEAD.pack(len(raw_name), -1 if value is None else len(value)))
+            parts.append(raw_name)
+            if value is not None:
+                parts.append(value)
+        _encode_source(state.terminal, parts)
+        return b"".join(parts)
     parts = [
         _HELD,
         _HELD_HEAD.pack(state.first_ts_ms, state.due_ms, state.stale_emitted, len(state.events)),
     ]
     for src in state.events:
-        topic = src.topic.encode()
-        key_len = -1 if src.key is None else len(src.key)
-        parts.append(
-            _SOURCE_HEAD.pack(
-                src.partition, src.offset, src.timestamp_ms, key_len, len(src.value), len(topic)
-            )
-        )
-        parts.append(topic)
-        if src.key is not None:
-            parts.append(src.key)
-        parts.append(src.value)
+        _encode_source(src, parts)
     return b"".join(parts)
 
 
-def decode_state(data: bytes) -> Held | Marker:
+def decode_state(data: bytes) -> Held | Marker | Pending:
     kind = data[:1]
     if kind == _MARKER:
         return Marker(_MARKER_BODY.unpack_from(data, 1)[0])
+    if kind == _PENDING:
+        since, deadline, count = _PENDING_HEAD.unpack_from(data, 1)
+        pos = 1 + _PENDING_HEAD.size
+        headers = []
+        for _ in range(count):
+            name_len, value_len = _HEADER_HEAD.unpack_from(data, pos)
+            pos += _HEADER_HEAD.size
+            name = data[pos : pos + name_len].decode()
+            pos += name_len
+            value = None
+            if value_len >= 0:
+                value = data[pos : pos + value_len]
+                pos += value_len
+            headers.append((name, value))
+        src, pos = _decode_source(data, pos)
+        terminal = Source(
+            src.topic,
+            src.partition,
+            src.offset,
+            src.timestamp_ms,
+            src.key,
+            src.value,
+            tuple(headers),
+        )
+        return Pending(since, deadline, terminal)
     if kind != _HELD:
         raise ValueError(f"unknown state record kind {kind!r}")
     first_ts, due, flags, count = _HELD_HEAD.unpack_from(data, 1)
     pos = 1 + _HELD_HEAD.size
     events = []
     for _ in range(count):
-        partition, offset, ts, key_len, value_len, topic_len = _SOURCE_HEAD.unpack_from(data, pos)
-        pos += _SOURCE_HEAD.size
-        topic = data[pos : pos + topic_len].decode()
-        pos += topic_len
-        key = None
-        if key_len >= 0:
-            key = data[pos : pos + key_len]
-            pos += key_len
-        value = data[pos : pos + value_len]
-        pos += value_len
-        events.append(Source(topic, partition, offset, ts, key, value))
+        src, pos = _decode_source(data, pos)
+        events.append(src)
     return Held(first_ts, due, bool(flags), tuple(events))

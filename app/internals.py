@@ -226,6 +226,26 @@ async def fetch_stable_offsets(
 
 
 class MergerConsumerThread(AIOKafkaConsumerThread):
+    last_heartbeat_ok = 0.0  # time.monotonic() of the group's last accepted heartbeat
+
+    async def on_start(self) -> None:
+        await super().on_start()
+        self.last_heartbeat_ok = time.monotonic()
+        # aiokafka keeps the time of the last accepted heartbeat in a local variable
+        # of its heartbeat task; at_least_once needs it (a worker that missed its
+        # session may have lost its partitions: it must not produce), so the
+        # coordinator's heartbeat call is wrapped to note it
+        coordinator = self._consumer._coordinator
+        do_heartbeat = coordinator._do_heartbeat
+
+        async def _noted_heartbeat():
+            ok = await do_heartbeat()
+            if ok:
+                self.last_heartbeat_ok = time.monotonic()
+            return ok
+
+        coordinator._do_heartbeat = _noted_heartbeat
+
     async def _highwaters(self, partitions):
         # Faust answers from the last fetch's last-stable-offset when in a transaction:
         # None for a partition not fetched yet, i.e. right after every rebalance. Its
@@ -251,21 +271,39 @@ class MergerConsumerThread(AIOKafkaConsumerThread):
         for tp, offset in positions.items():
             consumer.seek(tp, offset)  # drops what was fetched for tp before
         self.seek_epoch += 1
+        self.last_heartbeat_ok = time.monotonic()  # just joined: a member now
         c = consumer._coordinator  # the generation these partitions were assigned in
         group = GroupMetadata(c.group_id, c.generation, c.member_id, c._group_instance_id)
         return positions, group, self.seek_epoch
 
-    async def fetch_batch(self, active, timeout: float) -> tuple[dict, int]:
-        """Faust's fetch (`_fetch_records`), and the seek epoch its records follow."""
+    async def fetch_batch(self, active, timeout: float, rekey: str) -> tuple[dict, int, dict]:
+        """Faust's fetch (`_fetch_records`), the seek epoch its records follow, and the
+        consumer's positions of the re-key partitions after it (past transaction
+        markers, which no record shows)."""
         consumer = self._ensure_consumer()
         records = await self._fetch_records(
             consumer, active, timeout=timeout, max_records=consumer._max_poll_records
         )
-        return records, self.seek_epoch
+        # aiokafka keeps the consumed position per partition here; `position()` would
+        # wait for an unset one
+        assignment = consumer._subscription.subscription.assignment
+        consumed = {}
+        for tp in active:
+            if tp.topic == rekey:
+                state = assignment.state_value(tp) if assignment else None
+                if state is not None and state.has_valid_position:
+                    consumed[TopicPartition(tp.topic, tp.partition)] = state.position
+        return records, self.seek_epoch, consumed
 
     async def end_offsets(self, tps) -> dict:
         return await self._ensure_consumer().end_offsets(
             [TopicPartition(tp.topic, tp.partition) for tp in tps]
+        )
+
+    async def stable_offsets(self, tps) -> dict:
+        """The group's committed offsets of any partitions, once stable."""
+        return await fetch_stable_offsets(
+            self._ensure_consumer(), [TopicPartition(tp.topic, tp.partition) for tp in tps]
         )
 
 
@@ -287,6 +325,12 @@ class MergerConsumer(Consumer):
     async def end_offsets(self, tps) -> dict:
         return await self._thread.call_thread(self._thread.end_offsets, list(tps))
 
+    async def stable_offsets(self, tps) -> dict:
+        return await self._thread.call_thread(self._thread.stable_offsets, list(tps))
+
+    def seconds_since_heartbeat(self) -> float:
+        return time.monotonic() - self._thread.last_heartbeat_ok
+
     # -- the batch path
 
     async def _drain_messages(self, fetcher) -> None:
@@ -305,8 +349,8 @@ class MergerConsumer(Consumer):
                     await self.sleep(0.1)  # nothing assigned or all paused: rebalancing
                     continue
                 asked = time.monotonic()
-                records, epoch = await self._thread.call_thread(
-                    self._thread.fetch_batch, active, 1.0
+                records, epoch, consumed = await self._thread.call_thread(
+                    self._thread.fetch_batch, active, 1.0, self._engine.rekey_topic
                 )
                 self._engine.seconds["fetch_wait"] += time.monotonic() - asked
                 if not records or not self.flow_active:
@@ -318,9 +362,9 @@ class MergerConsumer(Consumer):
                     else:
                         for record in recs:
                             await callback(self._to_message(tp, record))
-                if batch:
+                if batch or consumed:
                     # shielded: a stopping fetcher must not cut a batch in half
-                    await asyncio.shield(self._engine.handle(batch, epoch))
+                    await asyncio.shield(self._engine.handle(batch, epoch, consumed))
         except self.consumer_stopped_errors:
             if self.transport.app.should_stop:
                 return

@@ -20,6 +20,16 @@ contract is silent"):
   not held at all (`running_too_old`): it is either a late one whose marker
   expired (its Kafka timestamp is before its terminal was read, so more than the
   marker's life ago) or one too old to hold anyway.
+
+Re-keyed pairs (an agent sends both phases unkeyed, or under other keys, so
+they reach the execution's partition through the re-key topic from two
+partitions, in either order): a terminal event that came through the re-key
+topic and finds nothing held does not go out at once. It is kept as `Pending`,
+and a RUNNING that arrives meanwhile is merged with it. It goes out
+terminal-only when the shell knows the re-key topic is complete up to when the
+terminal was read (`safe_ms`: every raw record present then has been handled
+and its re-key record read here), or at the latest `rekey_grace_ms` after it
+was read.
 """
 
 from __future__ import annotations
@@ -29,7 +39,16 @@ from typing import Any
 
 import orjson
 
-from .heldstate import Held, Marker, Source, decode_state, encode_state, index_key, state_key
+from .heldstate import (
+    Held,
+    Marker,
+    Pending,
+    Source,
+    decode_state,
+    encode_state,
+    index_key,
+    state_key,
+)
 
 RUNNING = "RUNNING"
 TERMINAL = frozenset({"COMPLETED", "FAILED"})
@@ -56,6 +75,7 @@ class Rules:
     dedupe_window_ms: int = 3_600_000
     max_record_bytes: int = 1_000_000
     held_retention_ms: int = 259_200_000  # 3 days
+    rekey_grace_ms: int = 60_000  # longest wait of a re-keyed terminal for its RUNNING
 
     @property
     def marker_ms(self) -> int:
@@ -171,14 +191,22 @@ def passthrough(event: Event, rules: Rules) -> Decision:
     return Decision(outputs=[out], counter="passthrough")
 
 
-def decide(event: Event, stored: bytes | None, rules: Rules, now_ms: int) -> Decision:
-    """One v1 event against the execution's held state (None when nothing is held)."""
+def decide(
+    event: Event, stored: bytes | None, rules: Rules, now_ms: int, rekeyed: bool = False
+) -> Decision:
+    """One v1 event against the execution's held state (None when nothing is held).
+
+    `rekeyed`: the event came through the re-key topic (its partner may still be
+    on its way there from another partition).
+    """
     state = decode_state(stored) if stored is not None else None
     skey = state_key(event.execution_id)
     src = event.source
     if event.status == RUNNING:
         if isinstance(state, Marker):
             return Decision(counter="running_after_terminal")
+        if isinstance(state, Pending):
+            return _merge_pending(event, state, rules, now_ms)
         if isinstance(state, Held):
             held = Held(state.first_ts_ms, state.due_ms, state.stale_emitted, (*state.events, src))
             return Decision(writes={skey: encode_state(held)}, counter="running_repeated")
@@ -192,8 +220,12 @@ def decide(event: Event, stored: bytes | None, rules: Rules, now_ms: int) -> Dec
         return Decision(writes=writes, counter="running_held")
 
     # terminal event
-    if isinstance(state, Marker):
+    if isinstance(state, Marker | Pending):
         return Decision(counter="duplicate_terminal")
+    if state is None and rekeyed and rules.rekey_grace_ms > 0:
+        pending = Pending(now_ms, now_ms + rules.rekey_grace_ms, src)
+        writes = {skey: encode_state(pending), index_key(now_ms, event.execution_id): b""}
+        return Decision(writes=writes, counter="terminal_waiting")
     expires = now_ms + rules.marker_ms
     writes: dict[bytes, bytes | None] = {}
     if isinstance(state, Held):
@@ -220,14 +252,33 @@ def decide(event: Event, stored: bytes | None, rules: Rules, now_ms: int) -> Dec
 
 
 def sweep_entry(
-    execution_id: str, due_ms: int, stored: bytes | None, rules: Rules, now_ms: int
+    execution_id: str,
+    due_ms: int,
+    stored: bytes | None,
+    rules: Rules,
+    now_ms: int,
+    safe_ms: int = -1,
 ) -> Decision:
     """One due entry of the time index: flush a stale RUNNING once (and index it again
-    for its retention), expire a held RUNNING past its retention, or expire a marker."""
+    for its retention), expire a held RUNNING past its retention, expire a marker, or
+    let a pending re-keyed terminal go (`safe_ms`: the re-key topic is complete for
+    events read before it)."""
     ikey = index_key(due_ms, execution_id)
     if due_ms > now_ms:
         return Decision(counter="not_due")
     state = decode_state(stored) if stored is not None else None
+    if isinstance(state, Pending) and state.since_ms == due_ms:
+        if safe_ms >= state.since_ms:
+            return _release_pending(execution_id, state, rules, now_ms)
+        if now_ms >= state.deadline_ms:
+            decision = _release_pending(execution_id, state, rules, now_ms)
+            decision.note = (
+                f"re-keyed terminal event of execution {execution_id!r} waited "
+                f"{rules.rekey_grace_ms // 1000} s for a RUNNING through the re-key topic; "
+                "sent terminal-only (the re-key topic's progress was not known)"
+            )
+            return decision
+        return Decision(counter="terminal_still_waiting")  # its index entry stays due
     writes: dict[bytes, bytes | None] = {ikey: None}
     if isinstance(state, Held) and state.due_ms == due_ms and state.stale_emitted:
         writes[state_key(execution_id)] = None
@@ -287,6 +338,40 @@ class RetentionReport:
         self.counts = {}
         self.since_ms = now_ms
         return line
+
+
+def _marker_writes(execution_id: str, pending: Pending, rules: Rules, now_ms: int) -> dict:
+    expires = now_ms + rules.marker_ms
+    return {
+        index_key(pending.since_ms, execution_id): None,  # before: the keys may be equal
+        state_key(execution_id): encode_state(Marker(expires)),
+        index_key(expires, execution_id): b"",
+    }
+
+
+def _merge_pending(event: Event, pending: Pending, rules: Rules, now_ms: int) -> Decision:
+    """The RUNNING a pending re-keyed terminal waited for: the full merge goes out."""
+    terminal = pending.terminal
+    writes = _marker_writes(event.execution_id, pending, rules, now_ms)
+    value = orjson.dumps(coalesce(event.body, orjson.loads(terminal.value)))
+    if _size(value, event.execution_id, terminal.headers) > rules.max_record_bytes:
+        decision = _too_large([event.source, terminal], "merged record")
+        decision.writes = writes
+        return decision
+    out = Output(event.execution_id.encode(), value, MERGED, terminal.headers)
+    return Decision(writes, [out], counter="merged")
+
+
+def _release_pending(execution_id: str, pending: Pending, rules: Rules, now_ms: int) -> Decision:
+    """No RUNNING came for a pending re-keyed terminal: it goes out terminal-only."""
+    terminal = pending.terminal
+    writes = _marker_writes(execution_id, pending, rules, now_ms)
+    if _size(terminal.value, execution_id, terminal.headers) > rules.max_record_bytes:
+        decision = _too_large([terminal], "terminal record")
+        decision.writes = writes
+        return decision
+    out = Output(execution_id.encode(), terminal.value, TERMINAL_ONLY, terminal.headers)
+    return Decision(writes, [out], counter="terminal_only")
 
 
 def _merge_running(held: Held) -> dict[str, Any]:

@@ -129,7 +129,9 @@ class Processor:
             self._forward(source, key, outbox)
             return
         stored = self.store.get(partition, state_key(parsed.execution_id))
-        self._apply(partition, merge.decide(parsed, stored, self.rules, now_ms()), outbox)
+        rekeyed = record.topic == self.to.rekey_topic
+        decision = merge.decide(parsed, stored, self.rules, now_ms(), rekeyed)
+        self._apply(partition, decision, outbox)
 
     def _source(self, record) -> Source:
         headers = tuple(record.headers or ())
@@ -174,14 +176,15 @@ class Processor:
         )
         self.counts["rekeyed"] += 1
 
-    def sweep(self, partition: int, outbox, limit: int = 10_000) -> int:
-        """Flush due stale RUNNINGs and expire due markers of one partition."""
+    def sweep(self, partition: int, outbox, safe_ms: int = -1, limit: int = 10_000) -> int:
+        """Flush due stale RUNNINGs, expire what is past its retention, let pending
+        re-keyed terminals go (`safe_ms`: see app/rekeybarrier.py), on one partition."""
         now = now_ms()
         keys = self.store.due(partition, now, limit)
         for key in keys:
             due, execution_id = parse_index_key(key)
             stored = self.store.get(partition, state_key(execution_id))
-            decision = merge.sweep_entry(execution_id, due, stored, self.rules, now)
+            decision = merge.sweep_entry(execution_id, due, stored, self.rules, now, safe_ms)
             self._apply(partition, decision, outbox)
             self.retention.add(decision.counter)
         if line := self.retention.report(now):

@@ -97,6 +97,7 @@ def create_app(settings: Settings, layout: Layout) -> faust.App:
         dedupe_window_ms=int(settings.dedupe_window * 1000),
         max_record_bytes=settings.max_record_bytes,
         held_retention_ms=int(settings.held_retention * 1000),
+        rekey_grace_ms=int(settings.rekey_grace * 1000),
     )
     destinations = Destinations(
         output_topic=settings.output_topic,
@@ -121,6 +122,7 @@ def create_app(settings: Settings, layout: Layout) -> faust.App:
         exactly_once=settings.exactly_once,
         raw_topic=settings.raw_topic,
         rekey_topic=rekey_name,
+        raw_partitions=partitions,
         new_producer=producer_factory(
             settings, f"{settings.app_id}-{worker_id(settings.state_dir)}"
         ),

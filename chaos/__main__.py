@@ -21,10 +21,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--unkeyed-pairs",
         type=float,
-        default=0.0,
+        default=0.02,
         metavar="SHARE",
         help="share of v1 executions sent as unkeyed RUNNING/terminal pairs, back to back, "
-        "to two different partitions (default 0)",
+        "to two different partitions (default 0.02)",
     )
     parser.add_argument("--no-recovery", action="store_true", help="skip the recovery figure")
     parser.add_argument(

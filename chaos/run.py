@@ -42,8 +42,8 @@ class ChaosConfig:
     # workload) are produced at least this long after their terminal, past the window
     dedupe_window: int = 3
     # share of v1 executions sent as unkeyed RUNNING/terminal pairs, back to back, to two
-    # different partitions (off until the re-key path keeps their RUNNING fields: issue 10)
-    unkeyed_pair_share: float = 0.0
+    # different partitions: they meet through the re-key topic in either order
+    unkeyed_pair_share: float = 0.02
     produce_seconds: float = 60.0  # spread production so faults land mid-stream
     kills: int = 8
     # SIGSTOP a worker past its session timeout, then SIGCONT: a zombie that must not
