@@ -51,7 +51,7 @@ from . import kip447
 from .connection import Connection
 from .engine import Engine
 from .kip447 import GroupMetadata
-from .probes import after_last_records
+from .probes import after_last_records, ends_without_open_transactions
 
 log = logging.getLogger(__name__)
 
@@ -400,6 +400,12 @@ class MergerConsumer(Consumer):
         ends = await super().highwaters(*partitions)
         if not self.in_transaction:
             return ends
+        # the partitions this worker now owns: read them only once no previous
+        # owner's transaction is open there (app.probes); standbys are read as they are
+        actives = set(self.app.assignor.assigned_actives())
+        owned = [tp for tp in partitions if tp in actives]
+        if owned:
+            ends = {**ends, **await ends_without_open_transactions(self._connection, owned)}
         return await after_last_records(self._connection, ends)
 
 

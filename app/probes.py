@@ -64,6 +64,52 @@ async def first_record_at(
         return None
 
 
+class OpenTransactions(RuntimeError):
+    """A previous owner's transaction on a changelog partition did not end in time."""
+
+
+async def ends_without_open_transactions(
+    connection: Connection, tps, deadline_s: float = 60.0
+) -> dict:
+    """The last stable offsets of changelog partitions this worker now owns, once no
+    transaction is open on them.
+
+    A transaction open there belongs to a previous owner: crashed (the broker aborts
+    it at the transaction timeout, or at once if the same worker restarts) or a
+    zombie. While it is open, the last stable offset stops at its first record, and
+    records committed after it (by the owner in between) are not yet readable with
+    read_committed: a recovery that stopped there would miss them and resume the
+    source partitions from offsets that already include them (a chaos run with a
+    SIGSTOPped worker caught it: stale RUNNINGs after their terminal records).
+    """
+    atps = [TopicPartition(tp.topic, tp.partition) for tp in tps]
+    if not atps:
+        return {}
+    loop = asyncio.get_running_loop()
+    stop_at = loop.time() + deadline_s
+    said = False
+    async with (
+        reader(connection, "read_committed") as committed,
+        reader(connection, "read_uncommitted") as written,
+    ):
+        while True:
+            stable = await committed.end_offsets(atps)
+            high = await written.end_offsets(atps)
+            open_ = sorted(f"{tp.topic}[{tp.partition}]" for tp in atps if stable[tp] < high[tp])
+            if not open_:
+                if said:
+                    log.info("changelog transactions of previous owners ended: recovering")
+                return {tp: stable[TopicPartition(tp.topic, tp.partition)] for tp in tps}
+            if loop.time() > stop_at:
+                raise OpenTransactions(
+                    f"transactions still open on {', '.join(open_)} after {deadline_s:.0f} s"
+                )
+            if not said:
+                log.info("waiting for open transactions of previous owners on %s", open_)
+                said = True
+            await asyncio.sleep(0.25)  # poll: the broker ends them at its own pace
+
+
 async def after_last_records(connection: Connection, ends, deadline_s: float = 30.0) -> dict:
     """Per changelog partition, the offset after its last committed record.
 
