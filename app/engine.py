@@ -64,6 +64,16 @@ def fatal(what: str, exc: BaseException) -> None:
     os._exit(EXIT_FATAL)
 
 
+class CommitWatch(Protocol):
+    """Told of each commit's end (app.metrics): once per commit, never per record."""
+
+    def committed(self, seconds: float, offsets: dict, counts: dict, published_ms: list) -> None:
+        """`counts`: the counters as the commit was cut; `published_ms`: Kafka timestamps of
+        the terminal events whose records the commit published."""
+
+    def commit_failed(self) -> None: ...
+
+
 class GroupPort(Protocol):
     """What the engine needs of the group's consumer (app.internals.MergerConsumer)."""
 
@@ -113,6 +123,8 @@ class Engine:
         self._catch_up_to: dict = {}  # at_least_once: end offsets at assignment
         self.last_commit_s = 0.0
         self.seconds: Counter[str] = Counter()  # wall time by activity, for /stats and tuning
+        # told of every commit that went through (app.metrics.Metrics), or None
+        self.watch: CommitWatch | None = None
 
     def attach(self, port: GroupPort) -> None:
         self._port = port
@@ -124,6 +136,19 @@ class Engine:
     @property
     def assigned(self) -> frozenset:
         return frozenset(self._positions)
+
+    @property
+    def stopping(self) -> bool:
+        return self._stopped
+
+    @property
+    def port(self) -> GroupPort | None:
+        return self._port
+
+    @property
+    def committed_offsets(self) -> dict:
+        """Source TopicPartition -> offset committed (or being committed)."""
+        return dict(self._committed)
 
     # ---- lifecycle --------------------------------------------------------------------
 
@@ -343,7 +368,10 @@ class Engine:
         if not offsets and not self.store.dirty_partitions() and not self._outbox.pending:
             return None
         self._idle.clear()
-        job = _Commit(offsets, self.store.seal(), begin_next, time.monotonic())
+        published, self.processor.published_ms = self.processor.published_ms, []
+        job = _Commit(
+            offsets, self.store.seal(), begin_next, time.monotonic(), dict(self.counts), published
+        )
         try:
             for partition in job.sealed:
                 self.store.send_changelog(partition, self._add_changelog)
@@ -362,12 +390,16 @@ class Engine:
             else:
                 last = await self._end_plain(job)
         except Exception as exc:
+            if self.watch is not None:
+                self.watch.commit_failed()
             fatal("commit failed (fenced, or a record was not written)", exc)
         topic = self.store.changelog_topic
         self.store.committed({p: last[(topic, p)] for p in job.sealed if (topic, p) in last})
         self.last_commit_s = time.monotonic() - job.started
         self.seconds["commit"] += self.last_commit_s
         self.counts["commits"] += 1
+        if self.watch is not None:
+            self.watch.committed(self.last_commit_s, job.offsets, job.counts, job.published_ms)
         self._idle.set()
 
     def _add_changelog(self, topic: str, partition: int, key: bytes, value: bytes | None) -> None:
@@ -415,3 +447,5 @@ class _Commit:
     sealed: list[int]  # partitions whose state writes this commit carries
     begin_next: bool
     started: float
+    counts: dict  # the engine's counters as the commit was cut (for app.metrics)
+    published_ms: list[int]  # Kafka timestamps of the terminal events it publishes

@@ -19,11 +19,12 @@ so the state never gets ahead of the records it stands for.
 from __future__ import annotations
 
 import heapq
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 
 from rocksdict import WriteBatch
 
-from .heldstate import INDEX_PREFIX, index_upper_bound
+from .heldstate import INDEX_PREFIX, STATE_PREFIX, index_upper_bound
+from .inflight import index_held
 
 _MISSING = object()
 
@@ -107,6 +108,8 @@ class StateStore:
                     batch.delete(key)
                 else:
                     batch.put(key, value)
+                if key[:1] == STATE_PREFIX:  # the local held index (app.inflight), same batch
+                    index_held(batch, key, value)
             offset = changelog_offsets.get(partition)
             if offset is not None:
                 batch.put(store.offset_key, str(offset).encode())
@@ -141,6 +144,14 @@ class StateStore:
             if value is not _MISSING:
                 return value
         return b""  # only in RocksDB: there
+
+    def scan(self, partition: int, prefix: bytes) -> Iterator[tuple[bytes, bytes]]:
+        """(key, value) of the committed keys starting with `prefix`, in key order (RocksDB
+        only: the open and sealed layers are not read)."""
+        for key, value in self._db(partition).items(from_key=prefix):
+            if not key.startswith(prefix):
+                return
+            yield key, value
 
     def discard(self, partitions: Iterable[int]) -> None:
         """Their transactions were (or will be) aborted: forget what they wrote."""
