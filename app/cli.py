@@ -56,7 +56,7 @@ def parser() -> argparse.ArgumentParser:
     sim = sub.add_parser("simulate", help="produce realistic agent traffic to the raw topic")
     sim.add_argument("--rate", type=float, default=20.0, help="executions started per second")
     sim.add_argument("--duration", type=float, default=30.0, help="seconds of executions")
-    sim.add_argument("--seed", type=int, default=1)
+    sim.add_argument("--seed", type=int, help="the same seed sends the same records (default: new)")
     sim.add_argument("--v2-share", type=float, default=0.2, help="executions from v2 agents")
     sim.add_argument("--stuck-share", type=float, default=0.05, help="RUNNING, never ending")
     sim.add_argument("--failed-share", type=float, default=0.1, help="terminals that FAILED")
@@ -141,6 +141,8 @@ async def simulate(args: argparse.Namespace, settings: Settings) -> int:
 
     if args.rate <= 0 or args.duration <= 0:
         raise ValueError("--rate and --duration must be positive")
+    if args.seed is None:  # new execution ids on every run: a rerun is not a duplicate
+        args.seed = int.from_bytes(os.urandom(4), "big")
     executions = max(1, round(args.rate * args.duration))
     interval_ms = max(1, round(1000 / args.rate))
     params = dict(
@@ -205,7 +207,7 @@ async def simulate(args: argparse.Namespace, settings: Settings) -> int:
     progress.done(
         f"simulate: done in {elapsed:.1f} s: {sent['executions']:,} executions "
         f"({sent['v1']:,} v1, {sent['v2']:,} v2), {sent['records']:,} records to "
-        f"{settings.raw_topic}, {sum(malformed.values())} malformed"
+        f"{settings.raw_topic}, {sum(malformed.values())} malformed (seed {args.seed})"
     )
     if args.summary:
         with open(args.summary, "w", encoding="utf-8") as f:
@@ -216,6 +218,7 @@ async def simulate(args: argparse.Namespace, settings: Settings) -> int:
                     "by_kind": dict(kinds),
                     "malformed": dict(malformed),
                     "seconds": round(elapsed, 1),
+                    "seed": args.seed,
                 },
                 f,
                 indent=2,
