@@ -8,6 +8,9 @@ asked of the worker that does not own it.
 
 from __future__ import annotations
 
+import json
+import os
+import signal
 import subprocess
 import threading
 import time
@@ -389,3 +392,56 @@ def test_the_running_command_shows_every_worker_s_executions(worker_b, worker_a,
         assert row["agent_id"] in line and row["route_id"] in line
     assert f"127.0.0.1:{worker_a.web_port}" in lines[-1]
     assert f"127.0.0.1:{worker_b[0].web_port}" in lines[-1]
+
+
+def test_simulate_then_tail_shows_one_line_per_committed_record(
+    bootstrap, topics, worker_b, tmp_path
+):
+    env = {**os.environ, **topics.env(), "KAFKA_BOOTSTRAP_SERVERS": bootstrap}
+    summary = tmp_path / "sent.json"
+    sim = subprocess.run(
+        [
+            *WORKER_COMMAND,
+            *("simulate", "--rate", "100", "--duration", "0.5", "--mean-duration", "0.1"),
+            *("--stuck-share", "0", "--malformed-share", "0", "--summary", str(summary)),
+        ],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert sim.returncode == 0, sim.stderr
+    assert "simulate: done" in sim.stderr
+    sent = json.loads(summary.read_text())
+    assert sent["executions"] == 50 and sent["by_kind"].get("v2", 0) > 0
+    # every simulated execution finished: one terminal record each, besides the 10 before
+    wanted = 10 + sent["executions"]
+    lines: list[str] = []
+    tail = subprocess.Popen(
+        [*WORKER_COMMAND, "tail", "--from-beginning"],
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    reader = threading.Thread(target=lambda: lines.extend(tail.stdout), daemon=True)
+    reader.start()
+    try:
+        wait_for(
+            f"tail to print {wanted} terminal records",
+            lambda: sum(line.split()[0] in TERMINAL for line in lines[1:]) >= wanted,
+        )
+    finally:
+        tail.send_signal(signal.SIGINT)
+        code = tail.wait(30)
+    reader.join(10)
+    assert code == 0, tail.stderr.read()
+    assert lines[0].split() == ["origin", "status", "execution_id", "route", "duration"]
+    rows = [line.split() for line in lines[1:]]
+    assert {row[0] for row in rows} <= {*TERMINAL, "stale-running"}
+    assert sum(row[0] in TERMINAL for row in rows) == wanted
+    assert all(row[1] in ("COMPLETED", "FAILED") for row in rows if row[0] in TERMINAL)
+    assert "records seen" in tail.stderr.read()
+
+
+TERMINAL = {"merged", "terminal-only", "passthrough"}
