@@ -26,6 +26,7 @@ import asyncio
 import struct
 import time
 from collections import Counter
+from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 
 import orjson
@@ -162,6 +163,20 @@ class InFlight:
             "partition": entry.partition,
         }
 
+    async def _described(self, entries: list[Entry], seen: dict) -> AsyncIterator[dict]:
+        """The executions of `entries` still held, described; at most DESCRIBE_MAX read
+        (`seen["truncated"]` is set when more were left)."""
+        now = int(time.time() * 1000)
+        for read, entry in enumerate(entries, 1):
+            if read > DESCRIBE_MAX:
+                seen["truncated"] = True
+                return
+            if read % YIELD_EVERY == 0:
+                await asyncio.sleep(0)  # let records flow between slices
+            row = self.describe(entry, now)
+            if row is not None:
+                yield row
+
     async def running(
         self,
         agent: str | None = None,
@@ -173,35 +188,21 @@ class InFlight:
         """A page of held executions, oldest first (or newest), filtered by agent/route."""
         entries = await self.entries()
         entries.sort(key=lambda e: (e.first_ts_ms, e.execution_id), reverse=newest_first)
-        now = int(time.time() * 1000)
-        page: list[dict] = []
-        matched = 0
-        read = 0
-        truncated = False
-        filtered = agent is not None or route is not None
-        for entry in entries:
-            if not filtered and (matched < offset or len(page) >= limit):
-                matched += 1  # counted without reading its state
-                continue
-            if read >= DESCRIBE_MAX:
-                truncated = True
-                break
-            read += 1
-            row = self.describe(entry, now)
-            if read % YIELD_EVERY == 0:
-                await asyncio.sleep(0)
-            if row is None:
-                continue
-            if agent is not None and row["agent_id"] != agent:
-                continue
-            if route is not None and row["route_id"] != route:
-                continue
-            if offset <= matched < offset + limit:
-                page.append(row)
-            matched += 1
+        seen = {"truncated": False}
+        if agent is None and route is None:  # only the page's states are read
+            total = len(entries)
+            page = [row async for row in self._described(entries[offset : offset + limit], seen)]
+        else:
+            matches = [
+                row
+                async for row in self._described(entries, seen)
+                if (agent is None or row["agent_id"] == agent)
+                and (route is None or row["route_id"] == route)
+            ]
+            total, page = len(matches), matches[offset : offset + limit]
         return {
-            "total": matched,
-            "truncated": truncated,
+            "total": total,
+            "truncated": seen["truncated"],
             "offset": offset,
             "limit": limit,
             "order": "newest" if newest_first else "oldest",
@@ -213,19 +214,8 @@ class InFlight:
         """Per agent: held executions here, its registered protocol version."""
         counts: Counter[str] = Counter()
         stale: Counter[str] = Counter()
-        read = 0
-        truncated = False
-        now = int(time.time() * 1000)
-        for entry in await self.entries():
-            if read >= DESCRIBE_MAX:
-                truncated = True
-                break
-            read += 1
-            row = self.describe(entry, now)
-            if read % YIELD_EVERY == 0:
-                await asyncio.sleep(0)
-            if row is None:
-                continue
+        seen = {"truncated": False}
+        async for row in self._described(await self.entries(), seen):
             agent = row["agent_id"] if isinstance(row["agent_id"], str) else "(none)"
             counts[agent] += 1
             stale[agent] += row["stale_flushed"]
@@ -240,7 +230,7 @@ class InFlight:
                     "stale_flushed": stale.get(agent, 0),
                 }
             )
-        return {"agents": agents, "truncated": truncated, "partitions": self.owned()}
+        return {"agents": agents, "truncated": seen["truncated"], "partitions": self.owned()}
 
     def execution(self, partition: int, execution_id: str) -> dict:
         """What this worker's state says of one execution (its partition's owner answers)."""
