@@ -14,6 +14,10 @@ Streams' (state written behind the commit).
 With at_least_once the same write-behind holds, without a transaction: the
 commit writes the outputs, then the changelog, then the offsets, then RocksDB,
 so the state never gets ahead of the records it stands for.
+
+The RocksDB write batch of a commit also carries the local index of held
+executions (app.inflight: b"h" keys, never in the changelog), so the live view
+and the held gauges read the held executions without reading every marker.
 """
 
 from __future__ import annotations
