@@ -17,6 +17,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -90,13 +91,22 @@ def forward(stream, prefix: str) -> threading.Thread:
 
 
 def main(argv: list[str] | None = None) -> int:
+    work = Path(tempfile.mkdtemp(prefix="cameleer-demo-"))
+    code = run(work, argv)
+    if code == 0:
+        shutil.rmtree(work, ignore_errors=True)
+    else:
+        say(f"logs and state kept in {work}")
+    return code
+
+
+def run(work: Path, argv: list[str] | None) -> int:
     parser = argparse.ArgumentParser(prog="python -m demo", description=__doc__.split("\n")[0])
     parser.add_argument("--rate", type=float, default=20.0, help="executions per second")
     parser.add_argument("--duration", type=float, default=25.0, help="seconds of traffic")
     args = parser.parse_args(argv)
 
     bootstrap = os.environ.get("KAFKA_BOOTSTRAP_SERVERS", "localhost:9092")
-    work = Path(tempfile.mkdtemp(prefix="cameleer-demo-"))
     broker = None
     if not localkafka.answers(*localkafka.parse_bootstrap(bootstrap)):
         say("starting a local Kafka broker (about 10 s)...")
