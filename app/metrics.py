@@ -14,6 +14,7 @@ transaction has not committed yet is not in them.
 
 from __future__ import annotations
 
+import asyncio
 import bisect
 import logging
 import time
@@ -123,8 +124,6 @@ class Metrics(Collector):
 
     async def refresh(self, timeout: float = 2.0) -> None:
         """What the collector cannot read synchronously: end offsets and the held census."""
-        import asyncio
-
         try:
             self._census = await asyncio.wait_for(self.census.census(), timeout)
         except Exception as exc:  # the previous reading stays; the scrape still answers

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import socket
 from types import SimpleNamespace
 
 import orjson
@@ -11,6 +12,7 @@ from prometheus_client.parser import text_string_to_metric_families
 from rocksdict import Options, Rdict, WriteBatch
 
 from app.cli import format_running, tail_line
+from app.config import Settings
 from app.heldstate import Held, Marker, Source, decode_state, encode_state, state_key
 from app.inflight import (
     HELD_INDEX_PREFIX,
@@ -196,3 +198,12 @@ def test_tail_and_running_lines():
         ]
     ).splitlines()
     assert table[1].split() == ["e1", "a", "r", "t", "1m15s", "yes", "2"]
+
+
+def test_the_web_host_binds_and_the_advertised_host_defaults_sensibly():
+    assert Settings.from_env({}).web_host == "0.0.0.0"
+    assert Settings.from_env({}).web_advertised_host == socket.gethostname()
+    local = Settings.from_env({"CAMELEER_WEB_HOST": "127.0.0.1"})
+    assert (local.web_host, local.web_advertised_host) == ("127.0.0.1", "127.0.0.1")
+    pod = Settings.from_env({"CAMELEER_WEB_ADVERTISED_HOST": "10.1.2.3"})
+    assert (pod.web_host, pod.web_advertised_host) == ("0.0.0.0", "10.1.2.3")
