@@ -5,13 +5,14 @@ VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed-stamp
 
-.PHONY: run test test-unit lint format chaos bench kafka-up kafka-down kafka-status jars clean help
+.PHONY: run test test-unit lint format demo chaos bench kafka-up kafka-down kafka-status jars clean help
 
 help:
 	@echo "make run         start a local broker if none answers, then the worker"
 	@echo "make test        every test, against a broker started for the session"
 	@echo "make test-unit   only the fast tests (no Kafka)"
 	@echo "make lint        ruff check and format check"
+	@echo "make demo        one minute: broker, worker, simulated agents and tail, then a summary"
 	@echo "make chaos       kill/rebalance/wipe/broker-restart run, then the recovery figure"
 	@echo "make bench       throughput vs a passthrough ceiling, latency, RSS (BENCH_ARGS=...)"
 	@echo "make kafka-up / kafka-down   the local broker on its own"
@@ -41,6 +42,9 @@ lint: $(STAMP)
 format: $(STAMP)
 	$(VENV)/bin/ruff format .
 	$(VENV)/bin/ruff check --fix .
+
+demo: jars
+	@$(PY) -m demo $(DEMO_ARGS)
 
 chaos: jars
 	$(PY) -m chaos $(CHAOS_ARGS)

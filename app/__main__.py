@@ -1,4 +1,7 @@
-"""`cameleer-merger [options]`: prepare topics, then run the Faust worker in the foreground."""
+"""`cameleer-merger [options]`: prepare topics, then run the Faust worker in the foreground.
+
+`cameleer-merger simulate|tail|running ...`: the commands of app.cli.
+"""
 
 from __future__ import annotations
 
@@ -6,11 +9,17 @@ import asyncio
 import os
 import sys
 
+from .cli import COMMANDS
 from .config import Settings, apply_arguments
 
 
 def main(argv: list[str] | None = None) -> None:
-    apply_arguments(argv if argv is not None else sys.argv[1:], os.environ)
+    argv = argv if argv is not None else sys.argv[1:]
+    if argv and argv[0] in COMMANDS:  # simulate, tail, running (app.cli)
+        from .cli import main as command
+
+        sys.exit(command(argv))
+    apply_arguments(argv, os.environ)
     try:
         settings = Settings.from_env()
     except ValueError as exc:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import socket
 from dataclasses import dataclass, fields
 from pathlib import Path
 
@@ -58,6 +59,19 @@ SETTINGS_OPTIONS = (
     ),
     Option("CAMELEER_WEB_PORT", "--web-port", "6066", "port of the worker's HTTP endpoints"),
     Option(
+        "CAMELEER_WEB_HOST",
+        "--web-host",
+        "0.0.0.0",
+        "address the HTTP endpoints listen on (0.0.0.0: every interface, as in a container)",
+    ),
+    Option(
+        "CAMELEER_WEB_ADVERTISED_HOST",
+        "--web-advertised-host",
+        "",
+        "host name or address other workers reach this one's endpoints at (table routing); "
+        "default: CAMELEER_WEB_HOST when it is one address, else this machine's host name",
+    ),
+    Option(
         "CAMELEER_APP_ID", "--app-id", "cameleer-merger", "consumer group and internal-topic prefix"
     ),
     Option(
@@ -104,6 +118,8 @@ class Settings:
     state_dir: Path
     processing_guarantee: str
     web_port: int
+    web_host: str
+    web_advertised_host: str
     app_id: str
     max_record_bytes: int
     raw_partitions: int
@@ -153,6 +169,9 @@ class Settings:
                 state_dir=Path(raw["state_dir"]).resolve(),
                 processing_guarantee=guarantee,
                 web_port=int(raw["web_port"]),
+                web_host=raw["web_host"].strip() or "0.0.0.0",
+                web_advertised_host=raw["web_advertised_host"].strip()
+                or _advertised(raw["web_host"].strip()),
                 app_id=raw["app_id"],
                 max_record_bytes=int(raw["max_record_bytes"]),
                 raw_partitions=int(raw["raw_partitions"]),
@@ -184,6 +203,14 @@ class Settings:
                 f"CAMELEER_COMPRESSION must be none or gzip, not {settings.compression!r}"
             )
         return settings
+
+
+def _advertised(bind: str) -> str:
+    """Where other workers reach this one when nobody said: the bound address, unless it
+    is a wildcard, else the host name (Faust's default; in Kubernetes, set the pod IP)."""
+    if bind and bind not in ("0.0.0.0", "::", "[::]"):
+        return bind
+    return socket.gethostname()
 
 
 def argument_parser() -> argparse.ArgumentParser:

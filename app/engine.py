@@ -76,6 +76,16 @@ def _is_fencing(exc: BaseException) -> bool:
     return type(exc).__name__ in ("ZombieFenced", "ProducerFenced", "InvalidProducerEpoch")
 
 
+class CommitWatch(Protocol):
+    """Told of each commit's end (app.metrics): once per commit, never per record."""
+
+    def committed(self, seconds: float, offsets: dict, counts: dict, published_ms: list) -> None:
+        """`counts`: the counters as the commit was cut; `published_ms`: Kafka timestamps of
+        the terminal events whose records the commit published."""
+
+    def commit_failed(self) -> None: ...
+
+
 class GroupPort(Protocol):
     """What the engine needs of the group's consumer (app.internals.MergerConsumer)."""
 
@@ -137,6 +147,8 @@ class Engine:
         self._catch_up_to: dict = {}  # at_least_once: end offsets at assignment
         self.last_commit_s = 0.0
         self.seconds: Counter[str] = Counter()  # wall time by activity, for /stats and tuning
+        # told of every commit that went through (app.metrics.Metrics), or None
+        self.watch: CommitWatch | None = None
 
     def attach(self, port: GroupPort) -> None:
         self._port = port
@@ -148,6 +160,19 @@ class Engine:
     @property
     def assigned(self) -> frozenset:
         return frozenset(self._positions)
+
+    @property
+    def stopping(self) -> bool:
+        return self._stopped
+
+    @property
+    def port(self) -> GroupPort | None:
+        return self._port
+
+    @property
+    def committed_offsets(self) -> dict:
+        """Source TopicPartition -> offset committed (or being committed)."""
+        return dict(self._committed)
 
     # ---- lifecycle --------------------------------------------------------------------
 
@@ -438,7 +463,10 @@ class Engine:
             return None
         self._idle.clear()
         self._check_member()
-        job = _Commit(offsets, self.store.seal(), begin_next, time.monotonic())
+        published, self.processor.published_ms = self.processor.published_ms, []
+        job = _Commit(
+            offsets, self.store.seal(), begin_next, time.monotonic(), dict(self.counts), published
+        )
         try:
             for partition in job.sealed:
                 self.store.send_changelog(partition, self._add_changelog)
@@ -457,6 +485,8 @@ class Engine:
             else:
                 last = await self._end_plain(job)
         except Exception as exc:
+            if self.watch is not None:
+                self.watch.commit_failed()
             if _is_fencing(exc):
                 fatal("fenced: this worker no longer owns its partitions", exc)
             fatal("commit failed: a record or the transaction was not written", exc)
@@ -465,6 +495,8 @@ class Engine:
         self.last_commit_s = time.monotonic() - job.started
         self.seconds["commit"] += self.last_commit_s
         self.counts["commits"] += 1
+        if self.watch is not None:
+            self.watch.committed(self.last_commit_s, job.offsets, job.counts, job.published_ms)
         self._idle.set()
 
     def _add_changelog(self, topic: str, partition: int, key: bytes, value: bytes | None) -> None:
@@ -513,3 +545,5 @@ class _Commit:
     sealed: list[int]  # partitions whose state writes this commit carries
     begin_next: bool
     started: float
+    counts: dict  # the engine's counters as the commit was cut (for app.metrics)
+    published_ms: list[int]  # Kafka timestamps of the terminal events it publishes

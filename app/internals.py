@@ -18,8 +18,12 @@ Faust
 - `MergerConsumer.highwaters` / `MergerConsumerThread._highwaters`: recovery
   end offsets asked of the broker, up to the last committed record (Faust
   used a stale cache, then waited for a commit marker no consumer receives).
+- `MergerConsumer.on_partitions_assigned`: counts rebalances (app.metrics).
 - `MergerTransactionManager`: Faust's exactly_once keeps one transactional
   producer per partition; the engine has one per worker, so Faust's is inert.
+- `derive_on_recovery`: the RocksDB store's changelog replay
+  (`Store.apply_changelog_batch`) also writes the local held index
+  (app.inflight), in the same write batch as the state it replays.
 - `MergerApp`: the transport above, and the engine passed in.
 
 aiokafka
@@ -387,6 +391,10 @@ class MergerConsumer(Consumer):
         await super().on_partitions_revoked(revoked)
         await self._engine.on_revoked(revoked)
 
+    async def on_partitions_assigned(self, assigned, generation_id: int = 0) -> None:
+        self._engine.counts["rebalances"] += 1
+        await super().on_partitions_assigned(assigned, generation_id)
+
     async def on_stop(self) -> None:
         await self._engine.stop()
         await super().on_stop()
@@ -407,6 +415,39 @@ class MergerConsumer(Consumer):
         if owned:
             ends = {**ends, **await ends_without_open_transactions(self._connection, owned)}
         return await after_last_records(self._connection, ends)
+
+
+def derive_on_recovery(store, derive) -> None:
+    """Faust's `Store.apply_changelog_batch` (faust/stores/rocksdb.py, rocksdict driver),
+    calling `derive(write_batch, key, value)` for every record it replays.
+
+    Faust offers no hook between reading a changelog record and writing it; the
+    method is replaced on the one store instance, with the same steps.
+    """
+    from rocksdict import WriteBatch
+
+    def apply_changelog_batch(batch, to_key, to_value) -> None:
+        batches: dict = {}
+        tp_offsets: dict = {}
+        for event in batch:
+            msg = event.message
+            tp, offset = msg.tp, msg.offset
+            tp_offsets[tp] = offset if tp not in tp_offsets else max(offset, tp_offsets[tp])
+            write = batches.get(msg.partition)
+            if write is None:
+                write = batches[msg.partition] = WriteBatch(raw_mode=True)
+            if msg.value is None:
+                write.delete(msg.key)
+            else:
+                write.put(msg.key, msg.value)
+            derive(write, msg.key, msg.value)
+        for partition, write in batches.items():
+            store._db_for_partition(partition).write(write)
+        for tp, offset in tp_offsets.items():
+            store.set_persisted_offset(tp, offset)
+
+    assert store.use_rocksdict, "the held index is written for the rocksdict driver"
+    store.apply_changelog_batch = apply_changelog_batch
 
 
 class MergerTransactionManager(TransactionManager):

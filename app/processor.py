@@ -107,6 +107,9 @@ class Processor:
         self.versions = registry_versions  # agent_id -> protocol version, kept current
         self.counts = counts
         self.retention = merge.RetentionReport()  # what left the state, logged
+        # Kafka timestamps of the terminal events (v1 or v2) whose records were emitted
+        # since the engine last took them (per commit: app.metrics' end-to-end latency)
+        self.published_ms: list[int] = []
 
     def handle(self, partition: int, records: Sequence, outbox) -> None:
         """Records of one source partition (raw or re-key), in offset order."""
@@ -121,17 +124,19 @@ class Processor:
             return
         key = parsed.execution_id.encode()
         if merge.protocol_of(parsed, self.versions) == 2:
-            self._apply(partition, merge.passthrough(parsed, self.rules), outbox)
-            return
-        if record.key != key and record.topic != self.to.rekey_topic:
+            decision = merge.passthrough(parsed, self.rules)
+        elif record.key != key and record.topic != self.to.rekey_topic:
             # Its partner may be on another partition: move it to where its
             # execution_id hashes, through the internal re-key topic.
             self._forward(source, key, outbox)
             return
-        stored = self.store.get(partition, state_key(parsed.execution_id))
-        rekeyed = record.topic == self.to.rekey_topic
-        decision = merge.decide(parsed, stored, self.rules, now_ms(), rekeyed)
+        else:
+            stored = self.store.get(partition, state_key(parsed.execution_id))
+            rekeyed = record.topic == self.to.rekey_topic
+            decision = merge.decide(parsed, stored, self.rules, now_ms(), rekeyed)
         self._apply(partition, decision, outbox)
+        if decision.outputs:  # a terminal record (a RUNNING emits nothing here)
+            self.published_ms.append(source.timestamp_ms)
 
     def _source(self, record) -> Source:
         headers = tuple(record.headers or ())

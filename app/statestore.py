@@ -14,16 +14,21 @@ Streams' (state written behind the commit).
 With at_least_once the same write-behind holds, without a transaction: the
 commit writes the outputs, then the changelog, then the offsets, then RocksDB,
 so the state never gets ahead of the records it stands for.
+
+The RocksDB write batch of a commit also carries the local index of held
+executions (app.inflight: b"h" keys, never in the changelog), so the live view
+and the held gauges read the held executions without reading every marker.
 """
 
 from __future__ import annotations
 
 import heapq
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 
 from rocksdict import WriteBatch
 
-from .heldstate import INDEX_PREFIX, index_upper_bound
+from .heldstate import INDEX_PREFIX, STATE_PREFIX, index_upper_bound
+from .inflight import index_held
 
 _MISSING = object()
 
@@ -107,6 +112,8 @@ class StateStore:
                     batch.delete(key)
                 else:
                     batch.put(key, value)
+                if key[:1] == STATE_PREFIX:  # the local held index (app.inflight), same batch
+                    index_held(batch, key, value)
             offset = changelog_offsets.get(partition)
             if offset is not None:
                 batch.put(store.offset_key, str(offset).encode())
@@ -141,6 +148,14 @@ class StateStore:
             if value is not _MISSING:
                 return value
         return b""  # only in RocksDB: there
+
+    def scan(self, partition: int, prefix: bytes) -> Iterator[tuple[bytes, bytes]]:
+        """(key, value) of the committed keys starting with `prefix`, in key order (RocksDB
+        only: the open and sealed layers are not read)."""
+        for key, value in self._db(partition).items(from_key=prefix):
+            if not key.startswith(prefix):
+                return
+            yield key, value
 
     def discard(self, partitions: Iterable[int]) -> None:
         """Their transactions were (or will be) aborted: forget what they wrote."""

@@ -18,11 +18,13 @@ import faust
 from aiokafka import AIOKafkaProducer
 from faust.web import Request, Response, View
 
-from . import probes
+from . import probes, web
 from .config import Settings
 from .engine import Engine
-from .internals import EosProducer, MergerApp
+from .inflight import InFlight, derive_held_index
+from .internals import EosProducer, MergerApp, derive_on_recovery
 from .merge import Rules
+from .metrics import Metrics
 from .processor import Destinations, Processor
 from .registry import AgentRegistry
 from .statestore import StateStore
@@ -141,7 +143,8 @@ def create_app(settings: Settings, layout: Layout) -> faust.App:
         # CAMELEER_WEB_PORT=0: no web server (Faust's settings refuse port 0)
         web_enabled=settings.web_port != 0,
         **({"web_port": settings.web_port} if settings.web_port else {}),
-        web_host="0.0.0.0",
+        web_bind=settings.web_host,  # where the endpoints listen
+        web_host=settings.web_advertised_host,  # where other workers reach them (routing)
         topic_partitions=partitions,
         topic_replication_factor=1,
         key_serializer=RAW,
@@ -170,6 +173,7 @@ def create_app(settings: Settings, layout: Layout) -> faust.App:
         options={"driver": "rocksdict", **ROCKSDB_OPTIONS},
     )
     store.bind(held)
+    derive_on_recovery(held.data, derive_held_index)  # the held index follows the replay
     app.engine = engine  # for views and tests
     app.registry = registry
     app.connection = settings.connection  # for the probes in app.transactions
@@ -183,6 +187,24 @@ def create_app(settings: Settings, layout: Layout) -> faust.App:
     @app.timer(interval=SWEEP_INTERVAL)
     async def sweep() -> None:
         await engine.sweep()
+
+    inflight = InFlight(
+        store,
+        lambda: {tp.partition for tp in engine.assigned if tp.topic == settings.raw_topic},
+        registry.versions,
+    )
+    metrics = Metrics(engine, inflight, settings.raw_topic)
+    engine.watch = metrics
+    app.metrics = metrics  # for tests
+    web.register(
+        app,
+        engine=engine,
+        registry=registry,
+        inflight=inflight,
+        metrics=metrics,
+        held=held,
+        partitions=partitions,
+    )
 
     @app.page("/stats")
     class Stats(View):
