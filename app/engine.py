@@ -54,7 +54,7 @@ EXIT_FATAL = 70
 # produce what it handled before (a stale RUNNING after the new owner's terminal).
 SESSION_TIMEOUT_S = 10.0  # app.worker's broker_session_timeout
 # Full batches that may wait for a commit to end before records are no longer handled.
-QUEUED_BYTES_MAX = 64 * 1024**2
+QUEUED_BYTES_MAX = 16 * 1024**2
 
 
 def fatal(what: str, exc: BaseException) -> None:

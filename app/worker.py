@@ -151,7 +151,7 @@ def create_app(settings: Settings, layout: Layout) -> faust.App:
         value_serializer=RAW,
         consumer_auto_offset_reset="earliest",
         broker_max_poll_records=settings.batch_max,
-        consumer_max_fetch_size=4 * 1024**2,  # per partition and fetch: fewer round trips
+        consumer_max_fetch_size=1024**2,  # per partition and fetch (memory: one per partition)
         table_cleanup_interval=3600.0,
         # A killed worker's partitions move after 10 s, not Faust's default 60 s.
         broker_session_timeout=10.0,
