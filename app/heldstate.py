@@ -39,7 +39,7 @@ STATE_PREFIX = b"e"
 INDEX_PREFIX = b"i"
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class Source:
     """A record as read from Kafka: its bytes and coordinates (for DLQ headers)."""
 
@@ -52,7 +52,7 @@ class Source:
     headers: tuple[tuple[str, bytes], ...] = ()
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class Held:
     first_ts_ms: int  # Kafka timestamp of the first RUNNING event
     due_ms: int  # next due time: the stale flush, or (stale_emitted) the end of the retention
@@ -60,12 +60,12 @@ class Held:
     events: tuple[Source, ...]
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class Marker:
     expires_ms: int
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class Pending:
     """A re-keyed terminal event that found nothing held: its RUNNING may still be in
     flight through the re-key topic from another partition."""

@@ -84,7 +84,7 @@ class Rules:
         return max(self.dedupe_window_ms, self.held_retention_ms)
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class Event:
     """A raw record that passed validation."""
 
@@ -95,14 +95,14 @@ class Event:
     source: Source
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class Rejected:
     reason: str
     detail: str
     source: Source
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class Output:
     key: bytes
     value: bytes
@@ -110,7 +110,7 @@ class Output:
     headers: tuple[tuple[str, bytes], ...] = ()
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class DeadLetter:
     reason: str
     detail: str

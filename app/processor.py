@@ -39,6 +39,7 @@ REKEY_HEADERS = (
 )
 
 _MASK = 0xFFFFFFFF
+_WORDS: dict[int, object] = {}  # word count -> compiled unpacker (keys are short)
 _M = 0x5BD1E995
 
 
@@ -52,7 +53,10 @@ def murmur2(data: bytes) -> int:
     h = (0x9747B28C ^ length) & _MASK
     words = length >> 2
     if words:
-        for k in struct.unpack_from(f"<{words}I", data):
+        unpack = _WORDS.get(words)
+        if unpack is None:
+            unpack = _WORDS[words] = struct.Struct(f"<{words}I").unpack_from
+        for k in unpack(data):
             k = (k * _M) & _MASK
             k ^= k >> 24
             k = (k * _M) & _MASK
