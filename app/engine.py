@@ -461,6 +461,12 @@ class Engine:
         }
         if not offsets and not self.store.dirty_partitions() and not self._outbox.pending:
             return None
+        if self.exactly_once:
+            # Every transaction carries the offsets of every owned partition, changed or
+            # not: the group's generation goes with them, so the coordinator refuses a
+            # zombie's transaction even when only its sweep wrote (a chaos run's
+            # SIGCONTed worker flushed stale RUNNINGs that way before this)
+            offsets = dict(self._positions)
         self._idle.clear()
         self._check_member()
         published, self.processor.published_ms = self.processor.published_ms, []

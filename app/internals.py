@@ -293,10 +293,27 @@ class MergerConsumerThread(AIOKafkaConsumerThread):
         group = GroupMetadata(c.group_id, c.generation, c.member_id, c._group_instance_id)
         return positions, group, self.seek_epoch
 
-    async def fetch_batch(self, active, timeout: float, rekey: str) -> tuple[dict, int, dict]:
-        """Faust's fetch (`_fetch_records`), the seek epoch its records follow, and the
-        consumer's positions of the re-key partitions after it (past transaction
-        markers, which no record shows)."""
+    changelog_epoch = 0  # the same, for the recovery's seeks of changelog partitions
+
+    async def _seek_wait(self, consumer, partitions) -> None:
+        # Faust's own (faust/transport/drivers/aiokafka.py), with the changelog epoch
+        # counted right after the seeks, before anything awaits
+        for tp, offset in partitions.items():
+            consumer.seek(tp, offset)
+            if offset > 0:
+                self.consumer._read_offset[tp] = offset
+            elif tp in self.consumer._read_offset:
+                del self.consumer._read_offset[tp]
+        self.changelog_epoch += 1
+        await asyncio.wait_for(
+            asyncio.gather(*[consumer.position(tp) for tp in partitions]),
+            timeout=self.app.conf.broker_request_timeout,
+        )
+
+    async def fetch_batch(self, active, timeout: float, rekey: str) -> tuple[dict, int, int, dict]:
+        """Faust's fetch (`_fetch_records`), the seek epochs its records follow (source
+        partitions, changelog partitions), and the consumer's positions of the re-key
+        partitions after it (past transaction markers, which no record shows)."""
         consumer = self._ensure_consumer()
         records = await self._fetch_records(
             consumer, active, timeout=timeout, max_records=consumer._max_poll_records
@@ -310,7 +327,7 @@ class MergerConsumerThread(AIOKafkaConsumerThread):
                 state = assignment.state_value(tp) if assignment else None
                 if state is not None and state.has_valid_position:
                     consumed[TopicPartition(tp.topic, tp.partition)] = state.position
-        return records, self.seek_epoch, consumed
+        return records, self.seek_epoch, self.changelog_epoch, consumed
 
     async def end_offsets(self, tps) -> dict:
         return await self._ensure_consumer().end_offsets(
@@ -366,17 +383,30 @@ class MergerConsumer(Consumer):
                     await self.sleep(0.1)  # nothing assigned or all paused: rebalancing
                     continue
                 asked = time.monotonic()
-                records, epoch, consumed = await self._thread.call_thread(
+                records, epoch, changelog_epoch, consumed = await self._thread.call_thread(
                     self._thread.fetch_batch, active, 1.0, self._engine.rekey_topic
                 )
                 self._engine.seconds["fetch_wait"] += time.monotonic() - asked
-                if not records or not self.flow_active:
-                    continue  # a rebalance began: the new assignment reads them again
+                if not records:
+                    continue
+                if not self.flow_active:
+                    # A rebalance began. The batch is held, not dropped: the consumer's
+                    # position is past it, and a changelog record dropped here is never
+                    # read again unless a recovery seeks back before it (a standby then
+                    # went on past the gap: chaos found markers missing after a
+                    # rebalance). Source records are judged by their seek epoch.
+                    await self.wait(self.can_resume_flow)
+                    if consumer_stopped() or fetcher_stopped():
+                        break
+                # changelog records: delivered unless a recovery has sought since they
+                # were fetched (it reads them again from where it sought)
+                fresh = self._thread.changelog_epoch == changelog_epoch
+                assigned = self.assignment() if fresh else ()
                 batch = {}
                 for tp, recs in records.items():
                     if tp.topic in sources:
                         batch[tp] = recs
-                    else:
+                    elif fresh and tp in assigned:
                         for record in recs:
                             await callback(self._to_message(tp, record))
                 if batch or consumed:
