@@ -150,6 +150,9 @@ async def simulate(args: argparse.Namespace, settings: Settings) -> int:
         stuck_share=args.stuck_share,
         failed_share=args.failed_share,
         malformed_share=args.malformed_share,
+        # the simulator's replays of a RUNNING an hour after its terminal (the agent
+        # outage of the contract's late-RUNNING rule) would keep a live demo waiting
+        replayed_running_share=0.0,
         interval_ms=interval_ms,
         in_flight=max(1, round(args.mean_duration * 1000 / interval_ms)),
         start_ms=int(time.time() * 1000),
