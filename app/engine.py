@@ -154,10 +154,6 @@ class Engine:
         self._port = port
 
     @property
-    def generation(self) -> int | None:
-        return self._group.generation_id if self._group else None
-
-    @property
     def assigned(self) -> frozenset:
         return frozenset(self._positions)
 
