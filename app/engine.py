@@ -288,7 +288,10 @@ class Engine:
                 except Exception as exc:  # never skip a record: exit, the restart redoes it
                     fatal(f"handling {tp.topic}[{tp.partition}] from {records[0].offset}", exc)
                 self._positions[tp] = records[-1].offset + 1
+            t_sf = time.monotonic()
+            self.seconds["handle_process"] += t_sf - started
             await self._send_full()
+            self.seconds["handle_send"] += time.monotonic() - t_sf
             self.seconds["handle"] += time.monotonic() - started
 
     async def _follows(self, tp, records: list, expected: int) -> list:

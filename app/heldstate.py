@@ -83,6 +83,15 @@ def index_key(due_ms: int, execution_id: str) -> bytes:
     return INDEX_PREFIX + _DUE.pack(max(due_ms, 0)) + execution_id.encode()
 
 
+# The same keys from the execution_id already encoded (the record path encodes it once).
+def state_key_of(key: bytes) -> bytes:
+    return STATE_PREFIX + key
+
+
+def index_key_of(due_ms: int, key: bytes) -> bytes:
+    return INDEX_PREFIX + _DUE.pack(due_ms if due_ms > 0 else 0) + key
+
+
 def index_upper_bound(now_ms: int) -> bytes:
     """First index key that is not yet due at now_ms (exclusive upper bound of a sweep)."""
     return INDEX_PREFIX + _DUE.pack(max(now_ms, 0) + 1)

@@ -47,7 +47,9 @@ from .heldstate import (
     decode_state,
     encode_state,
     index_key,
+    index_key_of,
     state_key,
+    state_key_of,
 )
 
 RUNNING = "RUNNING"
@@ -93,6 +95,7 @@ class Event:
     protocol_version: int | None
     body: dict[str, Any]
     source: Source
+    key: bytes = b""  # execution_id, encoded once: the state, index and output keys
 
 
 @dataclass(slots=True)
@@ -151,7 +154,7 @@ def classify(source: Source) -> Event | Rejected:
             f"protocol_version {_short(version)} is not 1 or 2",
             source,
         )
-    return Event(execution_id, status, version, body, source)
+    return Event(execution_id, status, version, body, source, execution_id.encode())
 
 
 def _short(value: Any, limit: int = 80) -> str:
@@ -200,54 +203,56 @@ def decide(
     on its way there from another partition).
     """
     state = decode_state(stored) if stored is not None else None
-    skey = state_key(event.execution_id)
+    key = event.key or event.execution_id.encode()
+    skey = state_key_of(key)
     src = event.source
     if event.status == RUNNING:
+        if state is None:
+            if src.timestamp_ms + rules.held_retention_ms <= now_ms:
+                # Its held life would already be over. A late RUNNING whose marker has
+                # expired always lands here (see the module docstring): never held.
+                return Decision(counter="running_too_old")
+            due = src.timestamp_ms + rules.stale_after_ms
+            writes = {
+                skey: encode_state(Held(src.timestamp_ms, due, False, (src,))),
+                index_key_of(due, key): b"",
+            }
+            return Decision(writes, [], [], "running_held")
         if isinstance(state, Marker):
             return Decision(counter="running_after_terminal")
         if isinstance(state, Pending):
             return _merge_pending(event, state, rules, now_ms)
-        if isinstance(state, Held):
-            held = Held(state.first_ts_ms, state.due_ms, state.stale_emitted, (*state.events, src))
-            return Decision(writes={skey: encode_state(held)}, counter="running_repeated")
-        if src.timestamp_ms + rules.held_retention_ms <= now_ms:
-            # Its held life would already be over. A late RUNNING whose marker has expired
-            # always lands here (see the module docstring): never held, never flushed.
-            return Decision(counter="running_too_old")
-        due = src.timestamp_ms + rules.stale_after_ms
-        held = Held(src.timestamp_ms, due, False, (src,))
-        writes = {skey: encode_state(held), index_key(due, event.execution_id): b""}
-        return Decision(writes=writes, counter="running_held")
+        held = Held(state.first_ts_ms, state.due_ms, state.stale_emitted, (*state.events, src))
+        return Decision({skey: encode_state(held)}, [], [], "running_repeated")
 
     # terminal event
     if isinstance(state, Marker | Pending):
         return Decision(counter="duplicate_terminal")
     if state is None and rekeyed and rules.rekey_grace_ms > 0:
         pending = Pending(now_ms, now_ms + rules.rekey_grace_ms, src)
-        writes = {skey: encode_state(pending), index_key(now_ms, event.execution_id): b""}
-        return Decision(writes=writes, counter="terminal_waiting")
+        writes = {skey: encode_state(pending), index_key_of(now_ms, key): b""}
+        return Decision(writes, [], [], "terminal_waiting")
     expires = now_ms + rules.marker_ms
     writes: dict[bytes, bytes | None] = {}
-    if isinstance(state, Held):
+    if state is not None:
         # its one index entry (stale due, or retention once flushed); deleted before
         # the marker's is written: the two keys may be equal
-        writes[index_key(state.due_ms, event.execution_id)] = None
+        writes[index_key_of(state.due_ms, key)] = None
     writes[skey] = encode_state(Marker(expires))
-    writes[index_key(expires, event.execution_id)] = b""
-    key = event.execution_id.encode()
-    if isinstance(state, Held):
+    writes[index_key_of(expires, key)] = b""
+    if state is not None:
         value = orjson.dumps(coalesce(_merge_running(state), event.body))
         if _size(value, event.execution_id, src.headers) > rules.max_record_bytes:
             decision = _too_large([*state.events, src], "merged record")
             decision.writes = writes
             return decision
-        return Decision(writes, [Output(key, value, MERGED, src.headers)], counter="merged")
+        return Decision(writes, [Output(key, value, MERGED, src.headers)], [], "merged")
     if _size(src.value, event.execution_id, src.headers) > rules.max_record_bytes:
         decision = _too_large([src], "terminal record")
         decision.writes = writes
         return decision
     return Decision(
-        writes, [Output(key, src.value, TERMINAL_ONLY, src.headers)], counter="terminal_only"
+        writes, [Output(key, src.value, TERMINAL_ONLY, src.headers)], [], "terminal_only"
     )
 
 

@@ -18,7 +18,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 from . import merge
-from .heldstate import Source, parse_index_key, state_key
+from .heldstate import Source, parse_index_key, state_key, state_key_of
 from .merge import DeadLetter, Decision, Rejected, Rules
 from .statestore import StateStore
 
@@ -117,30 +117,49 @@ class Processor:
 
     def handle(self, partition: int, records: Sequence, outbox) -> None:
         """Records of one source partition (raw or re-key), in offset order."""
+        if not records:
+            return
+        rekeyed = records[0].topic == self.to.rekey_topic  # one partition: one topic
+        now = now_ms()  # one clock reading per batch: the batch is handled at once
+        get = self.store.get
+        versions = self.versions
+        rules = self.rules
+        classify = merge.classify
+        decide = merge.decide
         for record in records:
-            self._handle(partition, record, outbox)
-
-    def _handle(self, partition: int, record, outbox) -> None:
-        source = self._source(record)
-        parsed = merge.classify(source)
-        if isinstance(parsed, Rejected):
-            self._dead(partition, DeadLetter(parsed.reason, parsed.detail, parsed.source), outbox)
-            return
-        key = parsed.execution_id.encode()
-        if merge.protocol_of(parsed, self.versions) == 2:
-            decision = merge.passthrough(parsed, self.rules)
-        elif record.key != key and record.topic != self.to.rekey_topic:
-            # Its partner may be on another partition: move it to where its
-            # execution_id hashes, through the internal re-key topic.
-            self._forward(source, key, outbox)
-            return
-        else:
-            stored = self.store.get(partition, state_key(parsed.execution_id))
-            rekeyed = record.topic == self.to.rekey_topic
-            decision = merge.decide(parsed, stored, self.rules, now_ms(), rekeyed)
-        self._apply(partition, decision, outbox)
-        if decision.outputs:  # a terminal record (a RUNNING emits nothing here)
-            self.published_ms.append(source.timestamp_ms)
+            if rekeyed:
+                source = self._source(record)  # where it was first read, from its headers
+            else:
+                source = Source(
+                    record.topic,
+                    record.partition,
+                    record.offset,
+                    record.timestamp,
+                    record.key,
+                    record.value,
+                    tuple(record.headers or ()),
+                )
+            parsed = classify(source)
+            if parsed.__class__ is Rejected:
+                self._dead(
+                    partition, DeadLetter(parsed.reason, parsed.detail, parsed.source), outbox
+                )
+                continue
+            if parsed.protocol_version == 2 or (
+                parsed.protocol_version is None and merge.protocol_of(parsed, versions) == 2
+            ):
+                decision = merge.passthrough(parsed, rules)
+            elif not rekeyed and record.key != parsed.key:
+                # Its partner may be on another partition: move it to where its
+                # execution_id hashes, through the internal re-key topic.
+                self._forward(source, parsed.key, outbox)
+                continue
+            else:
+                stored = get(partition, state_key_of(parsed.key))
+                decision = decide(parsed, stored, rules, now, rekeyed)
+            self._apply(partition, decision, outbox)
+            if decision.outputs:  # a terminal record (a RUNNING emits nothing here)
+                self.published_ms.append(source.timestamp_ms)
 
     def _source(self, record) -> Source:
         headers = tuple(record.headers or ())
