@@ -49,6 +49,11 @@ def parse(argv: list[str] | None) -> argparse.Namespace:
         help="py-spy the worker for 20 s during the throughput run; hot spots in the report",
     )
     p.add_argument("--keep", action="store_true", help="keep the work folder and topics")
+    p.add_argument(
+        "--no-plain-loop",
+        action="store_true",
+        help="skip (c), the same merge in a plain aiokafka loop without Faust",
+    )
     args = p.parse_args(argv)
     args.rates = [int(r) for r in args.rates.split(",") if r.strip()]
     return args
@@ -93,7 +98,7 @@ def main(argv: list[str] | None = None) -> int:
 
 async def throughput(kafka: Connection, args: argparse.Namespace, run_dir) -> dict:
     from .preload import preload
-    from .throughput import ceiling, worker_run
+    from .throughput import ceiling, plain_loop_run, worker_run
 
     topics = fresh_topics("tp")
     sink = f"ceiling-{topics.raw}"
@@ -109,6 +114,10 @@ async def throughput(kafka: Connection, args: argparse.Namespace, run_dir) -> di
             report.RESULTS_DIR.mkdir(parents=True, exist_ok=True)
             profile_to = report.RESULTS_DIR / f"profile-{time.strftime('%Y%m%d-%H%M%S')}.txt"
         work = await worker_run(kafka, topics, pre, run_dir / "tp-worker", profile_to)
+        plain = None
+        if not args.no_plain_loop:
+            say("throughput (c): the same merge in a plain aiokafka loop, no Faust (a reference)")
+            plain = await plain_loop_run(kafka, topics, pre, run_dir / "tp-plain")
     finally:
         if not args.keep:
             await delete_topics(kafka, all_topics(topics, sink))
@@ -120,6 +129,7 @@ async def throughput(kafka: Connection, args: argparse.Namespace, run_dir) -> di
         "ceiling": ceil,
         "worker": work,
         "ratio": ratio,
+        "plain_loop": plain,
     }
 
 

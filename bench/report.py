@@ -69,6 +69,21 @@ def targets(result: dict) -> list[dict]:
                     f"{result['environment']['loadavg'][0]} on {result['environment']['cpus']} "
                     "CPUs): other work competed for the cores"
                 )
+            plain = tp.get("plain_loop")
+            if plain:
+                why.append(
+                    f"(c), the same functional core in a plain aiokafka loop without Faust, "
+                    f"reached {plain['events_per_s']:,.0f} events/s "
+                    f"({plain['events_per_s'] / c['events_per_s']:.2f} of the ceiling, "
+                    f"{w['events_per_s'] / plain['events_per_s']:.2f} of it for the worker): "
+                    "what is left is the merge's own cost in Python, not the shell around it"
+                    if w["events_per_s"] >= 0.8 * plain["events_per_s"]
+                    else "(c), the same functional core in a plain aiokafka loop without "
+                    f"Faust, reached {plain['events_per_s']:,.0f} events/s "
+                    f"({plain['events_per_s'] / c['events_per_s']:.2f} of the ceiling): the "
+                    f"worker reaches {w['events_per_s'] / plain['events_per_s']:.2f} of it, "
+                    "the rest is the cost of its shell"
+                )
             prof = w.get("profile") or {}
             if prof.get("hot"):
                 top = "; ".join(f"{f} {pct}%" for pct, f in prof["hot"][:8])
@@ -224,6 +239,17 @@ def text(result: dict) -> str:
             "from process start)",
             f"      executions/s                    {w['executions_per_s']:>10,.0f}",
             f"  ratio b/a                           {tp['ratio']:>10.3f}",
+            *(
+                [
+                    f"  (c) plain aiokafka merge loop       "
+                    f"{tp['plain_loop']['events_per_s']:>10,.0f} events/s (the same core "
+                    "without Faust: bench/plainloop.py)",
+                    f"  ratio c/a                           "
+                    f"{tp['plain_loop']['events_per_s'] / c['events_per_s']:>10.3f}",
+                ]
+                if tp.get("plain_loop")
+                else []
+            ),
             f"  worker peak RSS                     {mb(w['peak_rss_bytes']):>10,.0f} MB",
             f"  worker state on disk                {mb(w['state_bytes']):>10,.1f} MB",
             f"  worker CPU                          {cpu_pct:>10.0f} % of one core",

@@ -4,19 +4,24 @@ and (b) the real worker, which is timed until its last expected record is readab
 from __future__ import annotations
 
 import asyncio
+import subprocess
+import sys
 import time
 from pathlib import Path
 
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
+from aiokafka.admin import AIOKafkaAdminClient
 
 from app.connection import Connection
 
 from .common import (
+    PARTITIONS,
     Progress,
     Sampler,
     Topics,
     broker_pid,
     cpu_of,
+    delete_topics,
     dir_bytes,
     handled,
     mb,
@@ -195,3 +200,96 @@ async def worker_run(
         f"wall seconds by activity {seconds}"
     )
     return result
+
+
+async def plain_loop_run(
+    kafka: Connection, topics: Topics, pre: Preloaded, state_dir: Path
+) -> dict:
+    """(c) bench.plainloop in its own process; timed like (b), from its first record."""
+    run = f"plain-{topics.app_id}"
+    output, dlq = f"{topics.output}-plain", f"{topics.dlq}-plain"
+    state_dir.mkdir(parents=True, exist_ok=True)
+    log_path = state_dir / "plainloop.log"
+    command = [
+        sys.executable,
+        "-m",
+        "bench.plainloop",
+        *("--bootstrap", kafka.bootstrap_servers, "--raw", topics.raw, "--output", output),
+        *("--dlq", dlq, "--agents", topics.agents, "--app-id", run),
+        *("--state-dir", str(state_dir / "rocksdb"), "--partitions", str(PARTITIONS)),
+    ]
+    started = time.monotonic()
+    with open(log_path, "wb") as log:
+        process = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT)
+    sampler = Sampler(process.pid).start()
+    consumer = None
+    seen: set[bytes] = set()
+    first: float | None = None
+    progress = Progress("plain loop (c) terminal records readable", total=pre.expected_outputs)
+
+    def log_tail() -> str:
+        return "\n".join(log_path.read_text(errors="replace").splitlines()[-20:])
+
+    try:
+        while not await _topic_exists(kafka, output):  # the loop creates its topics
+            if process.poll() is not None:
+                raise RuntimeError(f"plain loop exited early:\n{log_tail()}")
+            await asyncio.sleep(0.2)  # poll: topic creation
+        consumer = read_committed_consumer(kafka, output)
+        await consumer.start()
+        await wait_assigned(consumer)
+        while len(seen) < pre.expected_outputs:
+            if process.poll() is not None:
+                raise RuntimeError(f"plain loop exited:\n{log_tail()}")
+            batches = await consumer.getmany(timeout_ms=200, max_records=20_000)
+            for batch in batches.values():
+                for m in batch:
+                    if dict(m.headers or ()).get("cameleer-origin") in TERMINAL_ORIGINS:
+                        seen.add(m.key)
+            if first is None:
+                first = _first_record_time(log_path)
+            progress.tick(len(seen))
+        done = time.monotonic()
+        first = first or _first_record_time(log_path) or started
+        cpu = sampler.cpu_seconds
+    finally:
+        if consumer is not None:
+            await consumer.stop()
+        sampler.stop()
+        process.terminate()
+        try:
+            process.wait(30)
+        except subprocess.TimeoutExpired:
+            process.kill()
+        await delete_topics(kafka, [output, dlq, f"{run}-rekey", f"{run}-changelog"])
+    seconds = done - first
+    result = {
+        "records": pre.records,
+        "outputs_seen": len(seen),
+        "seconds_from_first_record": seconds,
+        "events_per_s": pre.records / seconds,
+        "cpu_seconds": cpu,
+        "peak_rss_bytes": sampler.peak,
+    }
+    say(
+        f"plain loop (c): {pre.records:,} records -> {len(seen):,} terminal records in "
+        f"{seconds:.1f}s from its first record = {result['events_per_s']:,.0f} events/s"
+    )
+    return result
+
+
+def _first_record_time(log_path: Path) -> float | None:
+    """The loop's `first-record <unix time>` line, on this process's monotonic clock."""
+    for line in log_path.read_text(errors="replace").splitlines():
+        if line.startswith("first-record "):
+            return time.monotonic() - (time.time() - float(line.split()[1]))
+    return None
+
+
+async def _topic_exists(kafka: Connection, name: str) -> bool:
+    admin = AIOKafkaAdminClient(**kafka.aiokafka_kwargs())
+    await admin.start()
+    try:
+        return name in set(await admin.list_topics())
+    finally:
+        await admin.close()
