@@ -19,6 +19,10 @@ Faust
   end offsets asked of the broker, up to the last committed record (Faust
   used a stale cache, then waited for a commit marker no consumer receives).
 - `MergerConsumer.on_partitions_assigned`: counts rebalances (app.metrics).
+- `keep_changelog_queue_on_resume`: Faust empties its changelog queue at every
+  `flow_control.resume()`, also after the standbys were sought and resumed,
+  when their records queued meanwhile are past the consumer's position: a
+  standby went on past the gap (chaos, seed 31). Only a rebalance's clear stays.
 - `MergerTransactionManager`: Faust's exactly_once keeps one transactional
   producer per partition; the engine has one per worker, so Faust's is inert.
 - `derive_on_recovery`: the RocksDB store's changelog replay
@@ -370,7 +374,6 @@ class MergerConsumer(Consumer):
     async def _drain_messages(self, fetcher) -> None:
         """Fetch, and hand each fetch to the engine whole (Faust's loop: per record)."""
         sources = self._engine.source_topics
-        callback = self.callback  # Faust's conductor: changelog records for recovery
         consumer_stopped = self._stopped.is_set
         fetcher_stopped = fetcher._stopped.is_set
         try:
@@ -407,8 +410,7 @@ class MergerConsumer(Consumer):
                     if tp.topic in sources:
                         batch[tp] = recs
                     elif fresh and tp in assigned:
-                        for record in recs:
-                            await callback(self._to_message(tp, record))
+                        await self._deliver_changelog(tp, recs, changelog_epoch)
                 if batch or consumed:
                     # shielded: a stopping fetcher must not cut a batch in half
                     await asyncio.shield(self._engine.handle(batch, epoch, consumed))
@@ -420,6 +422,22 @@ class MergerConsumer(Consumer):
             if self.transport.app.should_stop:
                 return
             raise
+
+    async def _deliver_changelog(self, tp, records: list, changelog_epoch: int) -> None:
+        """Faust's callback for a fetch's changelog records, stopped by a rebalance or seek.
+
+        Faust's callback waits while a rebalance has suspended the flow, and enqueues
+        afterwards: a record fetched before the next recovery's seek would reach that
+        recovery after it, which takes any offset past the last it saw, past the
+        records the rebalance cleared. So the wait is here, and the check after it;
+        what is left is read again from the seek that follows.
+        """
+        flow = self.app.flow_control
+        for record in records:
+            await flow.acquire()
+            if not self.flow_active or self._thread.changelog_epoch != changelog_epoch:
+                return
+            await self.callback(self._to_message(tp, record))
 
     async def perform_seek(self) -> None:
         sources = [tp for tp in self.assignment() if tp.topic in self._engine.source_topics]
@@ -493,6 +511,30 @@ def derive_on_recovery(store, derive) -> None:
     store.apply_changelog_batch = apply_changelog_batch
 
 
+def keep_changelog_queue_on_resume(app) -> None:
+    """Faust clears its changelog queue at every `flow_control.resume()` (the queue is
+    made with clear_on_resume, faust/tables/manager.py), also in
+    `Recovery.on_recovery_completed`, after the standby partitions were sought and
+    resumed (faust/tables/recovery.py). The records queued by then are past the
+    consumer's position and nothing seeks back: the standby went on past the gap and
+    persisted an offset beyond it (chaos, seed 31: a marker missing from a standby's
+    RocksDB that claimed the changelog's end).
+
+    A rebalance (revoke, stop) suspends the flow and then clears, and the recovery
+    that follows seeks every changelog partition back to what was applied: that
+    clear stays. `resume()` marks the flow active before it clears: that one goes.
+    """
+    queue = app.tables.changelog_queue  # Faust's own instance (a cached property)
+    flow = app.flow_control
+    clear = queue.clear
+
+    def clear_unless_resuming() -> None:
+        if not flow.is_active():
+            clear()
+
+    queue.clear = clear_unless_resuming  # FlowControlEvent.clear calls queue.clear()
+
+
 class MergerTransactionManager(TransactionManager):
     """Inert: the engine's one producer per worker makes the transactions."""
 
@@ -540,6 +582,7 @@ class MergerApp(faust.App):
 
     async def on_start(self) -> None:
         await super().on_start()
+        keep_changelog_queue_on_resume(self)
         # Not an app.task: Faust starts those once table recovery is complete, and
         # recovery completes when the engine has the assignment, which waits for
         # the registry (a v2 agent's records must not be read as v1).

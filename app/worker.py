@@ -153,12 +153,12 @@ def create_app(settings: Settings, layout: Layout) -> faust.App:
         broker_max_poll_records=settings.batch_max,
         consumer_max_fetch_size=1024**2,  # per partition and fetch (memory: one per partition)
         table_cleanup_interval=3600.0,
-        # No standby replicas. A chaos run (seed 31, at_least_once) recovered a
-        # partition from a standby whose RocksDB claimed the changelog's end but
-        # lacked a record of it (a marker: a stale RUNNING followed its terminal);
-        # without standbys the same run is exact. A worker taking a partition over
-        # reads its changelog instead: slower failover, same state.
-        table_standby_replicas=0,
+        # One standby replica per partition: a worker taking a partition over from a
+        # dead one starts from its standby's RocksDB instead of the whole changelog.
+        # Chaos (seed 31, at_least_once) once found a standby past a changelog record
+        # it never applied: Faust emptied its changelog queue on resume
+        # (app.internals.keep_changelog_queue_on_resume keeps it).
+        table_standby_replicas=1,
         # A killed worker's partitions move after 10 s, not Faust's default 60 s.
         broker_session_timeout=10.0,
         broker_heartbeat_interval=2.0,
