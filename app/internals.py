@@ -531,6 +531,8 @@ def keep_changelog_queue_on_resume(app) -> None:
     def clear_unless_resuming() -> None:
         if not flow.is_active():
             clear()
+        elif queue.qsize():
+            log.info("flow resumed: %d changelog records kept in the queue", queue.qsize())
 
     queue.clear = clear_unless_resuming  # FlowControlEvent.clear calls queue.clear()
 
