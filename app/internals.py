@@ -523,6 +523,9 @@ def keep_changelog_queue_on_resume(app) -> None:
     A rebalance (revoke, stop) suspends the flow and then clears, and the recovery
     that follows seeks every changelog partition back to what was applied: that
     clear stays. `resume()` marks the flow active before it clears: that one goes.
+    The records kept then are standby records: an active partition is read to the
+    end offsets of its recovery and paused before, and nothing lies past them (the
+    previous owner committed before revoking; a zombie stops producing).
     """
     queue = app.tables.changelog_queue  # Faust's own instance (a cached property)
     flow = app.flow_control
