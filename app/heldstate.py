@@ -76,11 +76,11 @@ class Pending:
 
 
 def state_key(execution_id: str) -> bytes:
-    return STATE_PREFIX + execution_id.encode()
+    return state_key_of(execution_id.encode())
 
 
 def index_key(due_ms: int, execution_id: str) -> bytes:
-    return INDEX_PREFIX + _DUE.pack(max(due_ms, 0)) + execution_id.encode()
+    return index_key_of(due_ms, execution_id.encode())
 
 
 # The same keys from the execution_id already encoded (the record path encodes it once).
