@@ -329,11 +329,13 @@ def chart(result: dict, path: Path) -> None:
         if name == "throughput":
             tp = result["throughput"]
             vals = [tp["ceiling"]["events_per_s"], tp["worker"]["events_per_s"]]
-            bars = ax.bar(
-                ["(a) ceiling\npassthrough", "(b) worker\nexactly_once"],
-                vals,
-                color=["#999999", "#1f77b4"],
-            )
+            labels = ["(a) ceiling\npassthrough", "(b) worker\nexactly_once"]
+            colors = ["#999999", "#1f77b4"]
+            if tp.get("plain_loop"):
+                vals.append(tp["plain_loop"]["events_per_s"])
+                labels.append("(c) plain loop\nsame core")
+                colors.append("#aec7e8")
+            bars = ax.bar(labels, vals, color=colors)
             ax.axhline(
                 TARGET_RATIO * vals[0],
                 color="red",
