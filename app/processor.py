@@ -128,7 +128,7 @@ class Processor:
         decide = merge.decide
         for record in records:
             if rekeyed:
-                source = self._source(record)  # where it was first read, from its headers
+                source = self._rekeyed_source(record)
             else:
                 source = Source(
                     record.topic,
@@ -161,18 +161,10 @@ class Processor:
             if decision.outputs:  # a terminal record (a RUNNING emits nothing here)
                 self.published_ms.append(source.timestamp_ms)
 
-    def _source(self, record) -> Source:
+    @staticmethod
+    def _rekeyed_source(record) -> Source:
+        """A re-key record's source: where it was first read, from its headers."""
         headers = tuple(record.headers or ())
-        if record.topic != self.to.rekey_topic:
-            return Source(
-                record.topic,
-                record.partition,
-                record.offset,
-                record.timestamp,
-                record.key,
-                record.value,
-                headers,
-            )
         meta = {k: v for k, v in headers if k in REKEY_HEADERS}
         return Source(
             meta["cameleer-rekey-topic"].decode(),
