@@ -137,6 +137,20 @@ class WorkerProcess:
             0 if critical else -1
         ]
 
+    def last_error(self) -> str:
+        """The last line of the log's last traceback (the exception), or "(none)"."""
+        try:
+            lines = self.log_path.read_text(errors="replace").splitlines()
+        except OSError:
+            return "(no log)"
+        starts = [i for i, line in enumerate(lines) if line.startswith("Traceback")]
+        if not starts:
+            return "(none)"
+        for line in lines[starts[-1] + 1 :]:
+            if line and not line.startswith((" ", "Traceback", "During handling")):
+                return line
+        return "(none)"
+
     def log_tail(self, lines: int = 60) -> str:
         try:
             return "\n".join(self.log_path.read_text(errors="replace").splitlines()[-lines:])

@@ -148,8 +148,22 @@ class Chaos:
             if not w.alive:
                 code = w.process.returncode
                 say(f"worker {slot} exited by itself (code {code}): {w.exit_reason()}; restarting")
+                self.keep_crash_log(slot, w)
                 self.tally.crashes_restarted += 1
                 self.start_worker(slot)
+
+    def keep_crash_log(self, slot: int, worker: WorkerProcess) -> None:
+        """A worker's log when it stopped by itself outlives the run's folder (which goes
+        when the run passes): a crash that the restart repaired is still a finding."""
+        crashes = self.config.work_dir / "crashes"
+        crashes.mkdir(parents=True, exist_ok=True)
+        kept = crashes / f"{self.run_id}-w{slot}-{worker.starts}.log"
+        try:
+            shutil.copyfile(worker.log_path, kept)
+        except OSError as exc:
+            say(f"worker {slot}'s log not kept: {exc!r}")
+            return
+        say(f"worker {slot}'s log kept in {kept}; its last error: {worker.last_error()}")
 
     # ---- topics and traffic ----------------------------------------------------------
     async def create_topics(self, workload: Workload) -> None:
