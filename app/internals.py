@@ -17,7 +17,9 @@ Faust
   it handled before partitions go and before the worker stops.
 - `MergerConsumer.highwaters` / `MergerConsumerThread._highwaters`: recovery
   end offsets asked of the broker, up to the last committed record (Faust
-  used a stale cache, then waited for a commit marker no consumer receives).
+  used a stale cache, then waited for a commit marker no consumer receives);
+  a standby's, up to the log's end (a zombie's open transaction made Faust's
+  consistency check crash a worker whose standby was past the stable offset).
 - `MergerConsumer.on_partitions_assigned`: counts rebalances (app.metrics).
 - `keep_changelog_queue_on_resume`: Faust empties its changelog queue at every
   `flow_control.resume()`, also after the standbys were sought and resumed,
@@ -59,7 +61,7 @@ from . import kip447
 from .connection import Connection
 from .engine import Engine
 from .kip447 import GroupMetadata
-from .probes import after_last_records, ends_without_open_transactions
+from .probes import after_last_records, ends_without_open_transactions, standby_ends
 
 log = logging.getLogger(__name__)
 
@@ -470,12 +472,17 @@ class MergerConsumer(Consumer):
         if not self.in_transaction:
             return ends
         # the partitions this worker now owns: read them only once no previous
-        # owner's transaction is open there (app.probes); standbys are read as they are
+        # owner's transaction is open there (app.probes); standbys are read as they
+        # are, and checked against the log's end (app.probes.standby_ends)
         actives = set(self.app.assignor.assigned_actives())
         owned = [tp for tp in partitions if tp in actives]
         if owned:
             ends = {**ends, **await ends_without_open_transactions(self._connection, owned)}
-        return await after_last_records(self._connection, ends)
+        ends = await after_last_records(self._connection, ends)
+        standbys = {tp: end for tp, end in ends.items() if tp not in actives}
+        if standbys:
+            ends = {**ends, **await standby_ends(self._connection, standbys)}
+        return ends
 
 
 def derive_on_recovery(store, derive) -> None:
