@@ -116,18 +116,19 @@ def _encode_source(src: Source, parts: list[bytes]) -> None:
     parts.append(src.value)
 
 
+def _take(data: bytes, pos: int, length: int) -> tuple[bytes | None, int]:
+    """`length` bytes at `pos` (-1: a null), and the position after them."""
+    if length < 0:
+        return None, pos
+    return data[pos : pos + length], pos + length
+
+
 def _decode_source(data: bytes, pos: int) -> tuple[Source, int]:
     partition, offset, ts, key_len, value_len, topic_len = _SOURCE_HEAD.unpack_from(data, pos)
-    pos += _SOURCE_HEAD.size
-    topic = data[pos : pos + topic_len].decode()
-    pos += topic_len
-    key = None
-    if key_len >= 0:
-        key = data[pos : pos + key_len]
-        pos += key_len
-    value = data[pos : pos + value_len]
-    pos += value_len
-    return Source(topic, partition, offset, ts, key, value), pos
+    topic, pos = _take(data, pos + _SOURCE_HEAD.size, topic_len)
+    key, pos = _take(data, pos, key_len)
+    value, pos = _take(data, pos, value_len)
+    return Source(topic.decode(), partition, offset, ts, key, value), pos
 
 
 def encode_state(state: Held | Marker | Pending) -> bytes:
@@ -163,24 +164,11 @@ def decode_state(data: bytes) -> Held | Marker | Pending:
         headers = []
         for _ in range(count):
             name_len, value_len = _HEADER_HEAD.unpack_from(data, pos)
-            pos += _HEADER_HEAD.size
-            name = data[pos : pos + name_len].decode()
-            pos += name_len
-            value = None
-            if value_len >= 0:
-                value = data[pos : pos + value_len]
-                pos += value_len
-            headers.append((name, value))
-        src, pos = _decode_source(data, pos)
-        terminal = Source(
-            src.topic,
-            src.partition,
-            src.offset,
-            src.timestamp_ms,
-            src.key,
-            src.value,
-            tuple(headers),
-        )
+            name, pos = _take(data, pos + _HEADER_HEAD.size, name_len)
+            value, pos = _take(data, pos, value_len)
+            headers.append((name.decode(), value))
+        terminal, pos = _decode_source(data, pos)
+        terminal.headers = tuple(headers)
         return Pending(since, deadline, terminal)
     if kind != _HELD:
         raise ValueError(f"unknown state record kind {kind!r}")

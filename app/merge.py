@@ -95,7 +95,7 @@ class Event:
     protocol_version: int | None
     body: dict[str, Any]
     source: Source
-    key: bytes = b""  # execution_id, encoded once: the state, index and output keys
+    key: bytes  # execution_id, encoded once: the state, index and output keys
 
 
 @dataclass(slots=True)
@@ -203,7 +203,7 @@ def decide(
     on its way there from another partition).
     """
     state = decode_state(stored) if stored is not None else None
-    key = event.key or event.execution_id.encode()
+    key = event.key
     skey = state_key_of(key)
     src = event.source
     if event.status == RUNNING:

@@ -37,6 +37,15 @@ from .profile import Profile
 TERMINAL_ORIGINS = {b"merged", b"terminal-only", b"passthrough"}
 
 
+async def read_terminals(consumer: AIOKafkaConsumer, seen: set[bytes]) -> None:
+    """One poll of the output topic: the keys of the terminal records it returned."""
+    batches = await consumer.getmany(timeout_ms=200, max_records=20_000)
+    for batch in batches.values():
+        for m in batch:
+            if dict(m.headers or ()).get("cameleer-origin") in TERMINAL_ORIGINS:
+                seen.add(m.key)
+
+
 async def ceiling(kafka: Connection, topics: Topics, sink: str, records: int) -> dict:
     """(a) consume every raw record and produce it unchanged to `sink`, as fast as aiokafka
     goes: no parsing, no state, no transactions (idempotent producer, acks=all)."""
@@ -136,12 +145,7 @@ async def worker_run(
         while len(seen) < pre.expected_outputs:
             if not worker.alive:
                 raise RuntimeError(f"worker exited:\n{worker.log_tail()}")
-            batches = await consumer.getmany(timeout_ms=200, max_records=20_000)
-            for batch in batches.values():
-                for m in batch:
-                    origin = dict(m.headers or ()).get("cameleer-origin")
-                    if origin in TERMINAL_ORIGINS:
-                        seen.add(m.key)
+            await read_terminals(consumer, seen)
             now = time.monotonic()
             if now - stats_at > 0.25:  # /stats: first handled record, and progress
                 stats_at = now
@@ -241,11 +245,7 @@ async def plain_loop_run(
         while len(seen) < pre.expected_outputs:
             if process.poll() is not None:
                 raise RuntimeError(f"plain loop exited:\n{log_tail()}")
-            batches = await consumer.getmany(timeout_ms=200, max_records=20_000)
-            for batch in batches.values():
-                for m in batch:
-                    if dict(m.headers or ()).get("cameleer-origin") in TERMINAL_ORIGINS:
-                        seen.add(m.key)
+            await read_terminals(consumer, seen)
             if first is None:
                 first = _first_record_time(log_path)
             progress.tick(len(seen))

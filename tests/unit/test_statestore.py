@@ -68,6 +68,17 @@ def held(ts: int, due: int) -> bytes:
     return encode_state(Held(ts, due, False, (Source("raw", 0, 0, ts, None, b"{}"),)))
 
 
+def sweep_due(store, rules, now: int) -> list[str]:
+    """One sweep of partition 0 as the processor makes it: the counter of each entry."""
+    counters = []
+    for key in store.due(0, now, limit=10_000):
+        due, eid = parse_index_key(key)
+        decision = merge.sweep_entry(eid, due, store.get(0, state_key(eid)), rules, now)
+        store.apply(0, decision.writes)
+        counters.append(decision.counter)
+    return counters
+
+
 def test_a_sweep_reads_only_the_due_entries_of_100k_held_executions(db):
     rules = merge.Rules(stale_after_ms=1_000)
     now = 10_000_000
@@ -77,12 +88,7 @@ def test_a_sweep_reads_only_the_due_entries_of_100k_held_executions(db):
         db.db[index_key(due, f"e{i}")] = b""
     store, _ = store_over(db)
     db.touched = 0
-    due_keys = store.due(0, now, limit=10_000)
-    for key in due_keys:
-        due, eid = parse_index_key(key)
-        decision = merge.sweep_entry(eid, due, store.get(0, state_key(eid)), rules, now)
-        assert decision.counter == "stale_flushed"
-    assert len(due_keys) == 10
+    assert sweep_due(store, rules, now) == ["stale_flushed"] * 10
     # 10 index keys + the first one not due + 10 state reads: about 10, not 100,000
     assert db.touched <= 25, db.touched
 
@@ -100,13 +106,7 @@ def test_retention_sweep_reads_only_the_due_entries_of_100k_flushed_executions(d
         db.db[index_key(retain, f"e{i}")] = b""
     store, _ = store_over(db)
     db.touched = 0
-    due_keys = store.due(0, now, limit=10_000)
-    for key in due_keys:
-        due, eid = parse_index_key(key)
-        decision = merge.sweep_entry(eid, due, store.get(0, state_key(eid)), rules, now)
-        assert decision.counter == "held_expired"
-        store.apply(0, decision.writes)
-    assert len(due_keys) == 10
+    assert sweep_due(store, rules, now) == ["held_expired"] * 10
     assert db.touched <= 25, db.touched
     assert store.due(0, now, limit=10_000) == []  # the expired ones left the index
 
