@@ -174,7 +174,7 @@ def test_state_stays_bounded_under_executions_that_never_end(bootstrap, topics, 
     prefix = f"steady-{run}-"
     before = worker.counts()
     started = time.time()
-    total = asyncio.run(_steady_stream(bootstrap, topics.raw, prefix))
+    total = asyncio.run(_steady_stream(bootstrap, topics.raw, prefix, worker))
     ended = time.time()
     wait_for(
         "every held RUNNING to expire",
@@ -231,20 +231,24 @@ def test_state_stays_bounded_under_executions_that_never_end(bootstrap, topics, 
     assert entries < rounds * min(max(first), max(second)) / 4, (entries, rounds)
 
 
-async def _steady_stream(bootstrap: str, topic: str, prefix: str) -> int:
+async def _steady_stream(bootstrap: str, topic: str, prefix: str, worker) -> int:
+    """RATE new executions per sweep round of the worker (its sweep timer: one a second),
+    STREAM_SECONDS rounds: a steady stream, paced by the worker's own clock."""
     producer = AIOKafkaProducer(bootstrap_servers=bootstrap, enable_idempotence=True)
     await producer.start()
     sent = 0
     try:
-        start = time.monotonic()
-        for second in range(STREAM_SECONDS):
+        for _ in range(STREAM_SECONDS):
+            rounds = worker.counts().get("sweep_rounds", 0)
             for _ in range(RATE):
                 eid = f"{prefix}{sent}"
                 await producer.send(topic, event(eid, "RUNNING", route_id="r"), key=eid.encode())
                 sent += 1
             await producer.flush()
-            # agent pacing: RATE new executions each second
-            await asyncio.sleep(max(0.0, start + second + 1 - time.monotonic()))
+            deadline = time.monotonic() + 30
+            while worker.counts().get("sweep_rounds", 0) <= rounds:  # the next round
+                assert time.monotonic() < deadline, "the worker's sweeps stopped"
+                await asyncio.sleep(0.05)  # poll with a deadline
     finally:
         await producer.stop()
     return sent
