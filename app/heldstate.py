@@ -4,8 +4,8 @@ Two key spaces share one store (and so one changelog topic):
 - `e` + execution_id -> the execution's state: `Held` RUNNING events, or a
   `Marker` saying its terminal record went out (kept for the dedupe window or
   the held retention, whichever is longer).
-  Or `Pending`: a terminal event that came through the re-key topic and found
-  nothing held, waiting (bounded) for a RUNNING that may still be on its way.
+  Or `Pending`: a terminal event waiting (bounded) for the RUNNING events that
+  may still be on their way through the re-key topic, with those that came.
 - `i` + due time (8 bytes, big-endian ms) + execution_id -> b"": a time index,
   so a sweep reads only the entries that are due, in due order, never the whole
   store. Every state has exactly one index entry, at its next due time: a
@@ -26,10 +26,16 @@ from dataclasses import dataclass
 
 _HELD = b"H"
 _MARKER = b"T"
-_PENDING = b"P"
-_PENDING_HEAD = struct.Struct(">qqH")  # since_ms, deadline_ms, header count
+_PENDING = b"W"
+_PENDING_HEAD = struct.Struct(">qqBHH")  # since_ms, deadline_ms, flags, headers, RUNNINGs
+_PENDING_DIRECT = 1  # flag: the terminal event was read from its own raw partition
+# The earlier layout (no flags, no RUNNINGs): still read, from a changelog written by it.
+_PENDING_V0 = b"P"
+_PENDING_V0_HEAD = struct.Struct(">qqH")  # since_ms, deadline_ms, header count
 _HEADER_HEAD = struct.Struct(">Hi")  # name length, value length (-1: null)
 _HELD_HEAD = struct.Struct(">qqBH")  # first_ts_ms, due_ms, flags, event count
+_HELD_STALE_EMITTED = 1
+_HELD_REKEYED = 2
 _SOURCE_HEAD = struct.Struct(
     ">iqqiiH"
 )  # partition, offset, ts, key len (-1: none), value len, topic len
@@ -58,6 +64,8 @@ class Held:
     due_ms: int  # next due time: the stale flush, or (stale_emitted) the end of the retention
     stale_emitted: bool
     events: tuple[Source, ...]
+    # one of the events came through the re-key topic: more may still be on their way
+    rekeyed: bool = False
 
 
 @dataclass(slots=True)
@@ -67,12 +75,16 @@ class Marker:
 
 @dataclass(slots=True)
 class Pending:
-    """A re-keyed terminal event that found nothing held: its RUNNING may still be in
-    flight through the re-key topic from another partition."""
+    """A terminal event that waits for the RUNNING events still in flight through the
+    re-key topic (app.merge, "Mixed keying"), with the RUNNING events that came."""
 
     since_ms: int  # when the worker read it (wall clock)
-    deadline_ms: int  # emitted terminal-only then at the latest
+    deadline_ms: int  # emitted then at the latest
     terminal: Source  # its headers included: they go out with it
+    # read from its own raw partition (keyed by execution_id), not through the re-key
+    # topic: a RUNNING read after it from the same partition was sent after it
+    direct: bool = False
+    runnings: tuple[Source, ...] = ()  # held before it or joined since, in read order
 
 
 def state_key(execution_id: str) -> bytes:
@@ -131,12 +143,29 @@ def _decode_source(data: bytes, pos: int) -> tuple[Source, int]:
     return Source(topic.decode(), partition, offset, ts, key, value), pos
 
 
+def _decode_terminal(data: bytes, pos: int, header_count: int) -> tuple[Source, int]:
+    """A pending terminal's headers, then its source."""
+    headers = []
+    for _ in range(header_count):
+        name_len, value_len = _HEADER_HEAD.unpack_from(data, pos)
+        name, pos = _take(data, pos + _HEADER_HEAD.size, name_len)
+        value, pos = _take(data, pos, value_len)
+        headers.append((name.decode(), value))
+    terminal, pos = _decode_source(data, pos)
+    terminal.headers = tuple(headers)
+    return terminal, pos
+
+
 def encode_state(state: Held | Marker | Pending) -> bytes:
     if isinstance(state, Marker):
         return _MARKER + _MARKER_BODY.pack(state.expires_ms)
     if isinstance(state, Pending):
         headers = state.terminal.headers
-        parts = [_PENDING, _PENDING_HEAD.pack(state.since_ms, state.deadline_ms, len(headers))]
+        flags = _PENDING_DIRECT if state.direct else 0
+        head = _PENDING_HEAD.pack(
+            state.since_ms, state.deadline_ms, flags, len(headers), len(state.runnings)
+        )
+        parts = [_PENDING, head]
         for name, value in headers:
             raw_name = name.encode()
             parts.append(_HEADER_HEAD.pack(len(raw_name), -1 if value is None else len(value)))
@@ -144,10 +173,18 @@ def encode_state(state: Held | Marker | Pending) -> bytes:
             if value is not None:
                 parts.append(value)
         _encode_source(state.terminal, parts)
+        for src in state.runnings:
+            _encode_source(src, parts)
         return b"".join(parts)
     parts = [
         _HELD,
-        _HELD_HEAD.pack(state.first_ts_ms, state.due_ms, state.stale_emitted, len(state.events)),
+        _HELD_HEAD.pack(
+            state.first_ts_ms,
+            state.due_ms,
+            (_HELD_STALE_EMITTED if state.stale_emitted else 0)
+            | (_HELD_REKEYED if state.rekeyed else 0),
+            len(state.events),
+        ),
     ]
     for src in state.events:
         _encode_source(src, parts)
@@ -159,16 +196,16 @@ def decode_state(data: bytes) -> Held | Marker | Pending:
     if kind == _MARKER:
         return Marker(_MARKER_BODY.unpack_from(data, 1)[0])
     if kind == _PENDING:
-        since, deadline, count = _PENDING_HEAD.unpack_from(data, 1)
-        pos = 1 + _PENDING_HEAD.size
-        headers = []
-        for _ in range(count):
-            name_len, value_len = _HEADER_HEAD.unpack_from(data, pos)
-            name, pos = _take(data, pos + _HEADER_HEAD.size, name_len)
-            value, pos = _take(data, pos, value_len)
-            headers.append((name.decode(), value))
-        terminal, pos = _decode_source(data, pos)
-        terminal.headers = tuple(headers)
+        since, deadline, flags, count, runnings = _PENDING_HEAD.unpack_from(data, 1)
+        terminal, pos = _decode_terminal(data, 1 + _PENDING_HEAD.size, count)
+        events = []
+        for _ in range(runnings):
+            src, pos = _decode_source(data, pos)
+            events.append(src)
+        return Pending(since, deadline, terminal, bool(flags & _PENDING_DIRECT), tuple(events))
+    if kind == _PENDING_V0:
+        since, deadline, count = _PENDING_V0_HEAD.unpack_from(data, 1)
+        terminal, _ = _decode_terminal(data, 1 + _PENDING_V0_HEAD.size, count)
         return Pending(since, deadline, terminal)
     if kind != _HELD:
         raise ValueError(f"unknown state record kind {kind!r}")
@@ -178,4 +215,6 @@ def decode_state(data: bytes) -> Held | Marker | Pending:
     for _ in range(count):
         src, pos = _decode_source(data, pos)
         events.append(src)
-    return Held(first_ts, due, bool(flags), tuple(events))
+    return Held(
+        first_ts, due, bool(flags & _HELD_STALE_EMITTED), tuple(events), bool(flags & _HELD_REKEYED)
+    )

@@ -31,12 +31,13 @@ from dataclasses import dataclass, field
 
 import orjson
 
-from .heldstate import STATE_PREFIX, Held, Marker, decode_state, state_key
+from .heldstate import STATE_PREFIX, Held, Marker, Pending, decode_state, state_key
 
 HELD_INDEX_PREFIX = b"h"
 _HELD_KIND = b"H"  # app.heldstate: a Held state's first byte; first_ts_ms is bytes 1-8
 _FIRST_TS = struct.Struct(">q")
-_STALE_FLAG_AT = 17  # after the kind (1), first_ts_ms (8) and due_ms (8)
+_FLAGS_AT = 17  # after the kind (1), first_ts_ms (8) and due_ms (8)
+_STALE_FLAG = 1  # app.heldstate: flushed as stale (the flags' other bits say other things)
 CACHE_S = 5.0
 YIELD_EVERY = 5_000  # index entries read between two turns of the event loop
 DESCRIBE_MAX = 100_000  # states read for one filtered listing or agent count
@@ -46,7 +47,7 @@ def index_held(batch, key: bytes, value: bytes | None) -> None:
     """The held-index write that goes with writing `value` at state key `key` (b"e"...)."""
     hkey = HELD_INDEX_PREFIX + key[1:]
     if value is not None and value[:1] == _HELD_KIND:
-        batch.put(hkey, value[1:9] + value[_STALE_FLAG_AT : _STALE_FLAG_AT + 1])
+        batch.put(hkey, value[1:9] + bytes((value[_FLAGS_AT] & _STALE_FLAG,)))
     else:
         batch.delete(hkey)
 
@@ -244,4 +245,13 @@ class InFlight:
         if isinstance(state, Marker):
             # its terminal record went out; remembered for duplicates until then
             return {"state": "finished", **out, "remembered_until": iso(state.expires_ms)}
+        if isinstance(state, Pending):
+            # its terminal event waits for RUNNING events still in the re-key topic
+            return {
+                "state": "terminal-waiting",
+                **out,
+                "since": iso(state.since_ms),
+                "until": iso(state.deadline_ms),
+                "running_events": len(state.runnings),
+            }
         return {"state": "unknown", **out}

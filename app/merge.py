@@ -21,15 +21,23 @@ contract is silent"):
   expired (its Kafka timestamp is before its terminal was read, so more than the
   marker's life ago) or one too old to hold anyway.
 
-Re-keyed pairs (an agent sends both phases unkeyed, or under other keys, so
-they reach the execution's partition through the re-key topic from two
-partitions, in either order): a terminal event that came through the re-key
-topic and finds nothing held does not go out at once. It is kept as `Pending`,
-and a RUNNING that arrives meanwhile is merged with it. It goes out
-terminal-only when the shell knows the re-key topic is complete up to when the
-terminal was read (`safe_ms`: every raw record present then has been handled
-and its re-key record read here), or at the latest `rekey_grace_ms` after it
-was read.
+Mixed keying (an agent sends some events of an execution without its key, or under
+another key, so they reach the execution's partition through the re-key topic,
+from other partitions, in any order with the keyed ones): a terminal event goes
+out at once only when it came keyed, straight from the execution's own raw
+partition, and every RUNNING held for it came the same way (a keyed pair: the
+common case keeps its latency). Otherwise RUNNING events of its execution may
+still be on their way through the re-key topic, and the terminal waits as
+`Pending`, with the RUNNING events held before it; RUNNING events that arrive
+meanwhile join it. It goes out, merged with what it holds (terminal-only when
+nothing came), when the shell knows the re-key topic is complete up to when the
+terminal was read (`safe_ms`: every raw record present then has been handled and
+its re-key record read here), or at the latest `rekey_grace_ms` after it was
+read. A keyed RUNNING read from the execution's own partition after a keyed
+terminal was sent after it (one partition keeps the agent's order): it is a late
+RUNNING, dropped. RUNNING events merge later over earlier by their Kafka
+timestamp (the agent's send time: the only order that survives two paths), in
+read order when equal.
 """
 
 from __future__ import annotations
@@ -127,6 +135,8 @@ class Decision:
     dead: list[DeadLetter] = field(default_factory=list)
     counter: str = ""
     note: str = ""  # a line for the shell to log (info), "" for none
+    # a sweep that let a waiting terminal go: its Kafka timestamp (end-to-end latency)
+    terminal_ts_ms: int = -1
 
 
 def classify(source: Source) -> Event | Rejected:
@@ -214,26 +224,45 @@ def decide(
                 return Decision(counter="running_too_old")
             due = src.timestamp_ms + rules.stale_after_ms
             writes = {
-                skey: encode_state(Held(src.timestamp_ms, due, False, (src,))),
+                skey: encode_state(Held(src.timestamp_ms, due, False, (src,), rekeyed)),
                 index_key_of(due, key): b"",
             }
             return Decision(writes, [], [], "running_held")
         if isinstance(state, Marker):
             return Decision(counter="running_after_terminal")
         if isinstance(state, Pending):
-            return _merge_pending(event, state, rules, now_ms)
-        held = Held(state.first_ts_ms, state.due_ms, state.stale_emitted, (*state.events, src))
+            if state.direct and not rekeyed:
+                # read after the terminal from the same raw partition: sent after it
+                return Decision(counter="running_after_terminal")
+            joined = Pending(
+                state.since_ms, state.deadline_ms, state.terminal, state.direct,
+                (*state.runnings, src),
+            )  # fmt: skip
+            return Decision({skey: encode_state(joined)}, [], [], "running_joined")
+        held = Held(
+            state.first_ts_ms,
+            state.due_ms,
+            state.stale_emitted,
+            (*state.events, src),
+            state.rekeyed or rekeyed,
+        )
         return Decision({skey: encode_state(held)}, [], [], "running_repeated")
 
     # terminal event
     if isinstance(state, Marker | Pending):
         return Decision(counter="duplicate_terminal")
-    if state is None and rekeyed and rules.rekey_grace_ms > 0:
-        pending = Pending(now_ms, now_ms + rules.rekey_grace_ms, src)
-        writes = {skey: encode_state(pending), index_key_of(now_ms, key): b""}
+    if rules.rekey_grace_ms > 0 and (rekeyed or state is None or state.rekeyed):
+        # RUNNING events of this execution may still be on their way: wait for them
+        writes: dict[bytes, bytes | None] = {}
+        if state is not None:
+            writes[index_key_of(state.due_ms, key)] = None  # before: the keys may be equal
+        runnings = state.events if state is not None else ()
+        pending = Pending(now_ms, now_ms + rules.rekey_grace_ms, src, not rekeyed, runnings)
+        writes[skey] = encode_state(pending)
+        writes[index_key_of(now_ms, key)] = b""
         return Decision(writes, [], [], "terminal_waiting")
     expires = now_ms + rules.marker_ms
-    writes: dict[bytes, bytes | None] = {}
+    writes = {}
     if state is not None:
         # its one index entry (stale due, or retention once flushed); deleted before
         # the marker's is written: the two keys may be equal
@@ -241,7 +270,7 @@ def decide(
     writes[skey] = encode_state(Marker(expires))
     writes[index_key_of(expires, key)] = b""
     if state is not None:
-        value = orjson.dumps(coalesce(_merge_running(state), event.body))
+        value = orjson.dumps(coalesce(_merge_running(state.events), event.body))
         if _size(value, event.execution_id, src.headers) > rules.max_record_bytes:
             decision = _too_large([*state.events, src], "merged record")
             decision.writes = writes
@@ -266,8 +295,8 @@ def sweep_entry(
 ) -> Decision:
     """One due entry of the time index: flush a stale RUNNING once (and index it again
     for its retention), expire a held RUNNING past its retention, expire a marker, or
-    let a pending re-keyed terminal go (`safe_ms`: the re-key topic is complete for
-    events read before it)."""
+    let a pending terminal go (`safe_ms`: the re-key topic is complete for events
+    read before it)."""
     ikey = index_key(due_ms, execution_id)
     if due_ms > now_ms:
         return Decision(counter="not_due")
@@ -278,9 +307,10 @@ def sweep_entry(
         if now_ms >= state.deadline_ms:
             decision = _release_pending(execution_id, state, rules, now_ms)
             decision.note = (
-                f"re-keyed terminal event of execution {execution_id!r} waited "
-                f"{rules.rekey_grace_ms // 1000} s for a RUNNING through the re-key topic; "
-                "sent terminal-only (the re-key topic's progress was not known)"
+                f"terminal event of execution {execution_id!r} waited "
+                f"{rules.rekey_grace_ms // 1000} s for RUNNING events through the re-key "
+                f"topic; sent {decision.counter.replace('_', '-')} with "
+                f"{len(state.runnings)} (the re-key topic's progress was not known)"
             )
             return decision
         return Decision(counter="terminal_still_waiting")  # its index entry stays due
@@ -296,11 +326,13 @@ def sweep_entry(
         return Decision(writes, counter="held_expired", note=note)
     if isinstance(state, Held) and state.due_ms == due_ms:
         retain = state.first_ts_ms + rules.held_retention_ms
-        held = Held(state.first_ts_ms, retain, True, state.events)
+        held = Held(state.first_ts_ms, retain, True, state.events, state.rekeyed)
         writes[state_key(execution_id)] = encode_state(held)
         writes[index_key(retain, execution_id)] = b""  # after the delete: keys may be equal
         value = (
-            state.events[0].value if len(state.events) == 1 else orjson.dumps(_merge_running(state))
+            state.events[0].value
+            if len(state.events) == 1
+            else orjson.dumps(_merge_running(state.events))
         )
         if _size(value, execution_id, ()) > rules.max_record_bytes:
             return Decision(writes, counter="stale_too_large")  # the merge will be DLQ'd later
@@ -354,38 +386,38 @@ def _marker_writes(execution_id: str, pending: Pending, rules: Rules, now_ms: in
     }
 
 
-def _merge_pending(event: Event, pending: Pending, rules: Rules, now_ms: int) -> Decision:
-    """The RUNNING a pending re-keyed terminal waited for: the full merge goes out."""
-    terminal = pending.terminal
-    writes = _marker_writes(event.execution_id, pending, rules, now_ms)
-    value = orjson.dumps(coalesce(event.body, orjson.loads(terminal.value)))
-    if _size(value, event.execution_id, terminal.headers) > rules.max_record_bytes:
-        decision = _too_large([event.source, terminal], "merged record")
-        decision.writes = writes
-        return decision
-    out = Output(event.execution_id.encode(), value, MERGED, terminal.headers)
-    return Decision(writes, [out], counter="merged")
-
-
 def _release_pending(execution_id: str, pending: Pending, rules: Rules, now_ms: int) -> Decision:
-    """No RUNNING came for a pending re-keyed terminal: it goes out terminal-only."""
+    """The wait is over: the terminal goes out merged with the RUNNING events it holds,
+    or terminal-only when none came."""
     terminal = pending.terminal
     writes = _marker_writes(execution_id, pending, rules, now_ms)
-    if _size(terminal.value, execution_id, terminal.headers) > rules.max_record_bytes:
-        decision = _too_large([terminal], "terminal record")
+    key = execution_id.encode()
+    if pending.runnings:
+        body = coalesce(_merge_running(pending.runnings), orjson.loads(terminal.value))
+        value, origin, counter = orjson.dumps(body), MERGED, "merged"
+    else:
+        value, origin, counter = terminal.value, TERMINAL_ONLY, "terminal_only"
+    if _size(value, execution_id, terminal.headers) > rules.max_record_bytes:
+        what = "merged record" if pending.runnings else "terminal record"
+        decision = _too_large([*pending.runnings, terminal], what)
         decision.writes = writes
         return decision
-    out = Output(execution_id.encode(), terminal.value, TERMINAL_ONLY, terminal.headers)
-    return Decision(writes, [out], counter="terminal_only")
+    out = Output(key, value, origin, terminal.headers)
+    return Decision(writes, [out], counter=counter, terminal_ts_ms=terminal.timestamp_ms)
 
 
-def _merge_running(held: Held) -> dict[str, Any]:
-    # Starts from the first RUNNING event's fields, its nulls included.
-    first, *later = held.events
+def _merge_running(events: tuple[Source, ...]) -> dict[str, Any]:
+    """Later over earlier by Kafka timestamp (read order when equal), starting from the
+    first RUNNING event's fields, its nulls included."""
+    first, *later = sorted(events, key=_timestamp)
     merged = orjson.loads(first.value)
     for src in later:
         merged = coalesce(merged, orjson.loads(src.value))
     return merged
+
+
+def _timestamp(src: Source) -> int:
+    return src.timestamp_ms
 
 
 def _size(value: bytes, execution_id: str, headers) -> int:

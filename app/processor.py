@@ -168,8 +168,8 @@ class Processor:
         self.counts["rekeyed"] += 1
 
     def sweep(self, partition: int, outbox, safe_ms: int = -1, limit: int = 10_000) -> int:
-        """Flush due stale RUNNINGs, expire what is past its retention, let pending
-        re-keyed terminals go (`safe_ms`: see app/rekeybarrier.py), on one partition."""
+        """Flush due stale RUNNINGs, expire what is past its retention, let waiting
+        terminals go (`safe_ms`: see app/rekeybarrier.py), on one partition."""
         now = now_ms()
         keys = self.store.due(partition, now, limit)
         for key in keys:
@@ -177,6 +177,8 @@ class Processor:
             stored = self.store.get(partition, state_key(execution_id))
             decision = merge.sweep_entry(execution_id, due, stored, self.rules, now, safe_ms)
             self._apply(partition, decision, outbox)
+            if decision.outputs and decision.terminal_ts_ms >= 0:  # a waiting terminal's
+                self.published_ms.append(decision.terminal_ts_ms)
             self.retention.add(decision.counter)
         if line := self.retention.report(now):
             log.info("%s", line)

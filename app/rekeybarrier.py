@@ -1,8 +1,8 @@
-"""How far the re-key topic is known complete, for the pending re-keyed terminals.
+"""How far the re-key topic is known complete, for the pending terminals.
 
-A terminal event that came through the re-key topic and found nothing held waits
-(app.merge, `Pending`): its RUNNING may be on its way from another raw
-partition. The agent sent the RUNNING first, so it was in the raw topic before
+A terminal event that may still have RUNNING events on their way through the
+re-key topic from other raw partitions waits (app.merge, `Pending`; mixed
+keying). The agent sent the RUNNING first, so it was in the raw topic before
 the terminal, hence before the worker read the terminal at `since`. The
 terminal may go out alone once every raw record present at some time t >= since
 has been handled by its owner (the group's committed offsets have passed the raw

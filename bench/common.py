@@ -252,6 +252,7 @@ HANDLED_KEYS = (
     "passthrough",
     "running_held",
     "running_repeated",
+    "running_joined",
     "running_after_terminal",
     "duplicate_terminal",
     "rekeyed",

@@ -282,6 +282,17 @@ def text(result: dict) -> str:
                 f"{f(r['p95_ms']):>8} {f(r['p99_ms']):>8} {f(r['max_ms']):>8} "
                 f"{f(r['ack_p99_ms']):>8} {r['terminals_readable']:>9,}  {ratio}"
             )
+        lone = [r for r in lat["rates"] if r.get("terminal_only_measured")]
+        if lone:
+            lines.append(
+                "  terminal-only executions (no RUNNING sent: they wait for the re-key "
+                "topic's progress), p50 / p99 ms: "
+                + ", ".join(
+                    f"{r['rate']:,}/s {r['terminal_only_p50_ms']:,.0f} / "
+                    f"{r['terminal_only_p99_ms']:,.0f} ({r['terminal_only_measured']:,})"
+                    for r in lone
+                )
+            )
     hold = result.get("hold")
     if hold:
         per = hold.get("rss_bytes_per_held")

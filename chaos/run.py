@@ -209,6 +209,8 @@ class Chaos:
         replayed_terminals = set(replays.values())
         sent_at: dict[int, float] = {}  # when those terminal events were sent
         scatter: dict[str, int] = {}
+        spread = (simulator.Keying.SCATTERED, simulator.Keying.MIXED)
+        sent_ts: dict[str, int] = {}  # execution -> Kafka timestamp of its last event sent
         try:
             for i in range(0, len(records), chunk):
                 for rec in records[i : i + chunk]:
@@ -223,7 +225,9 @@ class Chaos:
                         await asyncio.sleep(max(0.0, wait - time.monotonic()))
                     if eid is None:  # malformed: anywhere
                         partition = self.rng.randrange(self.config.partitions)
-                    elif execution.keying == simulator.Keying.SCATTERED:
+                    elif execution.keying == simulator.Keying.SCATTERED or (
+                        execution.keying == simulator.Keying.MIXED and rec.key is None
+                    ):
                         # back to back, each to another partition than the one before
                         start = scatter.setdefault(eid, self.rng.randrange(self.config.partitions))
                         partition = (start + execution.events.index(rec)) % self.config.partitions
@@ -231,12 +235,19 @@ class Chaos:
                         # an agent that does not key by execution_id still sends one
                         # execution's records to one partition (sticky per execution)
                         partition = partition_for(eid.encode(), self.config.partitions)
+                    timestamp = None
+                    if eid is not None and execution.keying in spread:
+                        # the agent's send time, strictly later than its previous event's:
+                        # the order of events that reach the worker by two paths
+                        timestamp = max(int(time.time() * 1000), sent_ts.get(eid, 0) + 1)
+                        sent_ts[eid] = timestamp
                     await producer.send(
                         self.topics.raw,
                         rec.value,
                         key=rec.key,
                         partition=partition,
                         headers=rec.headers or None,
+                        timestamp_ms=timestamp,
                     )
                     if id(rec) in replayed_terminals:
                         sent_at[id(rec)] = time.monotonic()

@@ -7,7 +7,7 @@ from dataclasses import dataclass, field
 
 import orjson
 
-from simulator import Execution, Keying, Kind, Workload
+from simulator import Execution, Kind, Workload
 from simulator.reference import RUNNING, TERMINAL, coalesce, invariants
 
 
@@ -121,16 +121,6 @@ def _check(verdict: Verdict, eid: str, execution: Execution, got: list[OutRecord
         return  # counted by the invariants
     content, exact = _expected_terminal(execution)
     actual = orjson.loads(terminals[0].value)
-    if execution.keying == Keying.MIXED:
-        # keyed and re-keyed records travel different paths; either order is legal
-        terminal_bytes = next(
-            r.value
-            for s, r in zip(execution.statuses, execution.events, strict=True)
-            if s in TERMINAL
-        )
-        if actual != content and terminals[0].value != terminal_bytes:
-            verdict.note("wrong", eid, "terminal content (mixed keying)")
-        return
     if exact is not None:
         if terminals[0].value != exact:
             verdict.note("wrong", eid, "terminal-only record not byte-identical")

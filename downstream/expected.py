@@ -5,28 +5,23 @@ merged topic must hold (or none), so the counts of terminal records per status a
 per route, and the one row per execution a `FINAL` query keeps, follow without
 looking at the worker's output.
 
-One thing the model cannot know in advance is the arrival order of an execution
-whose agent keyed some of its records and not others (`Keying.MIXED`): the keyed
-ones go straight to the worker, the others through its re-key topic, and either
-may come first. The contract allows both outcomes (a merge, or the terminal event
-alone with the RUNNING dropped as late), as the chaos verifier does. When the two
-outcomes differ in route, the `cameleer-origin` header of the execution's terminal
-record on the merged topic says which order the worker saw (`merged` or
-`terminal-only`), and the model's answer for that order is used; how many
-executions needed that is reported.
+The expected record follows the order in which the agent sent an execution's
+events, whatever order they reached the worker in: also for an agent that keyed
+one phase and not the other (`Keying.MIXED`), whose events reach the worker by
+two paths. The model never reads the worker's output to decide what it expects.
 """
 
 from __future__ import annotations
 
 from collections import Counter
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
 import orjson
 
-from simulator import Execution, Keying, Kind
-from simulator.reference import RUNNING, TERMINAL, TERMINAL_ONLY, expected
+from simulator import Execution
+from simulator.reference import RUNNING, expected
 
 
 def route_text(value: Any) -> str:
@@ -47,7 +42,6 @@ class Counts:
     # execution_id -> the (status, route) rows FINAL may keep for it (one, or a few
     # stale RUNNING contents the contract allows)
     latest: dict[str, frozenset[tuple[str, str]]] = field(default_factory=dict)
-    resolved_by_origin: int = 0  # mixed-keying executions whose route needed the header
 
     @property
     def executions(self) -> int:
@@ -72,34 +66,16 @@ def _outcome(reads: Reads) -> tuple[dict[str, Any] | None, frozenset[tuple[str, 
     return None, frozenset(stale)
 
 
-def _terminal_first(reads: Reads) -> Reads:
-    first = next(i for i, (status, _, _) in enumerate(reads) if status in TERMINAL)
-    return [reads[first], *reads[:first], *reads[first + 1 :]]
-
-
 def reference_counts(
-    executions: Iterable[Execution],
-    extra: Iterable[tuple[str, Reads]] = (),
-    origins: Mapping[str, str] | None = None,
+    executions: Iterable[Execution], extra: Iterable[tuple[str, Reads]] = ()
 ) -> Counts:
     """Counts the merged topic must give, for these executions plus `extra` ones
-    (execution_id, reads) such as a test's sentinels. `origins`: execution_id ->
-    the `cameleer-origin` of its terminal record, only read for mixed keying."""
+    (execution_id, reads) such as a test's sentinels."""
     counts = Counts()
-    origins = origins or {}
-    items: list[tuple[str, Reads, bool]] = [
-        (e.execution_id, e.reads(), e.keying == Keying.MIXED and e.kind != Kind.V2)
-        for e in executions
-    ]
-    items += [(eid, reads, False) for eid, reads in extra]
-    for eid, reads, mixed in items:
+    items: list[tuple[str, Reads]] = [(e.execution_id, e.reads()) for e in executions]
+    items += list(extra)
+    for eid, reads in items:
         terminal, latest = _outcome(reads)
-        if mixed and terminal is not None:
-            other, other_latest = _outcome(_terminal_first(reads))
-            if other_latest != latest:
-                counts.resolved_by_origin += 1
-                if origins.get(eid) == TERMINAL_ONLY:
-                    terminal, latest = other, other_latest
         if latest:
             counts.latest[eid] = latest
         if terminal is not None:

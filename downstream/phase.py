@@ -23,7 +23,7 @@ from typing import Any
 
 from aiokafka import AIOKafkaConsumer
 
-from simulator.reference import MERGED, TERMINAL, TERMINAL_ONLY
+from simulator.reference import TERMINAL
 
 from .expected import Counts, reference_counts, route_text
 from .stores import Answer, ClickHouse, ParquetLake, Record, json_object
@@ -46,7 +46,6 @@ class Fed:
     files: int = 0
     rewritten: list[str] = field(default_factory=list)
     answers: list[Answer] = field(default_factory=list)
-    origins: dict[str, str] = field(default_factory=dict)  # key -> origin of its terminal
     repeats: int = 0  # terminal records seen twice, byte for byte (at_least_once)
     seconds: float = 0.0
 
@@ -74,8 +73,6 @@ def feed(
             for rec in batch:  # what the comparison needs to know of the topic
                 if json_object(rec.value).get("status") not in TERMINAL:
                     continue
-                if rec.origin in (MERGED, TERMINAL_ONLY) and rec.key is not None:
-                    fed.origins[rec.key.decode("utf-8", "replace")] = rec.origin
                 seen = (rec.key, hashlib.blake2b(rec.value or b"", digest_size=16).digest())
                 fed.repeats += seen in seen_terminals
                 seen_terminals.add(seen)
@@ -297,12 +294,6 @@ class Report:
             return "|" + "|".join(cells) + "|"
 
         out = [rule, fmt(head), rule, *map(fmt, lines[1:]), rule]
-        if self.counts.resolved_by_origin:
-            out.append(
-                f"({self.counts.resolved_by_origin} executions with mixed keying: either arrival"
-                " order is legal and gives another route; the model took the order the"
-                " cameleer-origin header shows)"
-            )
         return "\n".join(out)
 
 
@@ -338,5 +329,5 @@ def check(
         say(f"downstream: feeding the raw topic {raw_topic} through the same pipeline")
         raw = feed(bootstrap, raw_topic, folder / "raw", skip_broken=True, say=say)
         say(f"downstream: {raw.records} records fed and queried in {raw.seconds:.1f} s")
-    counts = reference_counts(executions, extra, merged.origins)
+    counts = reference_counts(executions, extra)
     return Report(counts, merged, raw, exactly_once)

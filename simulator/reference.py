@@ -39,7 +39,10 @@ Where the contract is silent, the model chooses (and so checks) this:
   RUNNING is still dropped). So a late RUNNING is dropped however late it comes,
   as long as its Kafka timestamp is not after its terminal's read time: within the
   marker's life by the marker, after it for being older than the held retention;
-- a stale RUNNING record holds the COALESCE of the RUNNING events held at the sweep.
+- a stale RUNNING record holds the COALESCE of the RUNNING events held at the sweep;
+- RUNNING events are merged later over earlier by Kafka timestamp (the agent's send
+  time, the only order that survives events reaching the worker by two paths), in
+  arrival order when equal.
 """
 
 from __future__ import annotations
@@ -186,13 +189,18 @@ def _on_event(life: _Life, event: Read, marker_ms: int, held_retention_ms: int) 
         life.running.append((event.body, event.timestamp_ms, event.read_at_ms))
         return
     if life.running:
-        life.terminal = coalesce([*(body for body, _, _ in life.running), event.body])
+        life.terminal = coalesce([*_by_time(life.running), event.body])
         life.origin = MERGED
     else:
         life.terminal = dict(event.body)
         life.origin = TERMINAL_ONLY
     life.terminal_read_at = event.read_at_ms
     life.expires_ms = event.read_at_ms + marker_ms
+
+
+def _by_time(running: list[tuple[dict[str, Any], int, int]]) -> list[dict[str, Any]]:
+    """Held RUNNING bodies, earlier to later by Kafka timestamp, arrival order when equal."""
+    return [body for body, _, _ in sorted(running, key=lambda held: held[1])]
 
 
 DEFAULT_HELD_RETENTION_MS = 259_200_000  # 3 days
@@ -226,7 +234,7 @@ def _exact(timeline, stale_after_ms: int, marker_ms: int, held_retention_ms: int
                 first_ts = life.running[0][1]
                 if life.stale is None:
                     if first_ts + stale_after_ms <= item.at_ms:
-                        life.stale = (coalesce(body for body, _, _ in life.running),)
+                        life.stale = (coalesce(_by_time(life.running)),)
                 elif first_ts + held_retention_ms <= item.at_ms:  # a sweep after the flush
                     episodes.append(_close_exact(life))
                     life = None
@@ -285,8 +293,7 @@ def _loose(
         mode, latest = ALLOWED, end
     low = max(1, sum(1 for r in reads if r < due))
     high = len(reads) if latest is None else max(low, sum(1 for r in reads if r <= latest))
-    bodies = [body for body, _, _ in life.running]
-    contents = tuple(coalesce(bodies[:k]) for k in range(low, high + 1))
+    contents = tuple(coalesce(_by_time(life.running[:k])) for k in range(low, high + 1))
     return Expected((life.episode(mode, contents),))
 
 

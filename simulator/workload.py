@@ -70,7 +70,9 @@ class Keying(StrEnum):
     KEYED = "keyed"  # every record keyed by its execution_id
     UNKEYED = "unkeyed"  # no key at all
     WRONG_KEY = "wrong-key"  # keyed by something else (the agent id)
-    MIXED = "mixed"  # some records keyed, some not
+    # one phase keyed by execution_id, the other without a key (an agent whose two code
+    # paths key differently); its unkeyed records spread over partitions like SCATTERED
+    MIXED = "mixed"
     # no key, and the agent's client spreads the records over partitions: one execution's
     # records may land on different partitions (only Kind.V1_UNKEYED_PAIR; the others
     # without a key still send one execution to one partition)
@@ -649,8 +651,9 @@ class _Generator:
                     add(RUNNING, running, end + p.replay_after_ms)
         headers = [("content-type", _JSON), ("cameleer-agent", agent.agent_id.encode())]
         own_key = execution_id.encode()
+        running_keyed = keying == _MIXED and rnd() < 0.5  # MIXED: which phase is keyed
         events = []
-        for value in bodies:
+        for value, event_status in zip(bodies, statuses, strict=True):
             if keying == _KEYED:
                 key: bytes | None = own_key
             elif keying in (_UNKEYED, _SCATTERED):
@@ -658,7 +661,7 @@ class _Generator:
             elif keying == _WRONG_KEY:
                 key = agent.agent_id.encode()
             else:
-                key = own_key if rnd() < 0.5 else None
+                key = own_key if (event_status == RUNNING) == running_keyed else None
             events.append(RawRecord(key, value, list(headers)))
         return Execution(
             execution_id,

@@ -18,6 +18,8 @@ from app.heldstate import (
     state_key,
 )
 
+from .onepartition import released
+
 RULES = merge.Rules(stale_after_ms=300_000, dedupe_window_ms=3_600_000, max_record_bytes=10_000)
 
 
@@ -159,7 +161,9 @@ class Store:
         parsed = merge.classify(src(fields, ts=ts, key=fields["execution_id"].encode()))
         assert isinstance(parsed, merge.Event)
         stored = self.data.get(state_key(parsed.execution_id))
-        return self.apply(merge.decide(parsed, stored, self.rules, now))
+        decision = self.apply(merge.decide(parsed, stored, self.rules, now))
+        release = released(decision, parsed.execution_id, self.data.get, self.rules, now)
+        return decision if release is None else self.apply(release)
 
     def sweep(self, now: int) -> list[str]:
         due = sorted(k for k in self.data if k[:1] == b"i" and k < index_upper_bound(now))

@@ -61,10 +61,11 @@ def held_index(db) -> dict[bytes, tuple[int, bool]]:
 
 
 @pytest.mark.parametrize("stale", [False, True])
-def test_the_held_index_reads_what_decode_state_reads(stale):
+@pytest.mark.parametrize("rekeyed", [False, True])
+def test_the_held_index_reads_what_decode_state_reads(stale, rekeyed):
     # the index copies bytes out of app.heldstate's layout: the two must agree
     value = encode_state(
-        Held(1_700_000_123_456, 1_700_000_423_456, stale, (running_event("e", 1),))
+        Held(1_700_000_123_456, 1_700_000_423_456, stale, (running_event("e", 1),), rekeyed)
     )
     batch = SimpleNamespace(put=lambda k, v: written.update({k: v}), delete=None)
     written: dict = {}

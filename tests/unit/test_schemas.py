@@ -24,6 +24,8 @@ from app.heldstate import INDEX_PREFIX, Source, parse_index_key, state_key
 from app.processor import ORIGIN, Destinations, Processor
 from app.registry import parse_registration
 
+from .onepartition import released
+
 SCHEMAS = Path(__file__).parents[2] / "schemas"
 EXAMPLES = SCHEMAS / "examples"
 DRAFT = "https://json-schema.org/draft/2020-12/schema"
@@ -280,7 +282,11 @@ class PureWorker:
             self._apply(merge.passthrough(parsed, self.rules))
         else:
             stored = self.state.get(state_key(parsed.execution_id))
-            self._apply(merge.decide(parsed, stored, self.rules, NOW))
+            decision = merge.decide(parsed, stored, self.rules, NOW)
+            self._apply(decision)
+            release = released(decision, parsed.execution_id, self.state.get, self.rules, NOW)
+            if release is not None:
+                self._apply(release)
 
     def sweep(self) -> None:
         for ikey in sorted(k for k in self.state if k.startswith(INDEX_PREFIX)):

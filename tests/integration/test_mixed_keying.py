@@ -1,0 +1,150 @@
+"""Mixed keying on real partitions: one phase of an execution keyed by its
+execution_id, the other sent without a key to another partition. Whichever phase
+carries the key, the RUNNING's fields reach the one terminal record, also when the
+worker is killed between the two phases."""
+
+from __future__ import annotations
+
+import time
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from chaos.processes import WorkerProcess
+
+from .harness import consume_until, event, for_key, partition_of, produce
+
+RUNNING = {"route_id": "orders", "agent_id": "a-1", "application": "shop", "start_time": "t0"}
+
+
+@pytest.fixture(scope="module")
+def worker(bootstrap, topics, tmp_path_factory) -> Iterator[WorkerProcess]:
+    """This module's own worker: its tests kill it."""
+    proc = WorkerProcess(bootstrap, topics, Path(tmp_path_factory.mktemp("state")))
+    proc.start()
+    try:
+        yield proc
+    finally:
+        proc.stop()
+
+
+def other_partition(eid: str) -> int:
+    return (partition_of(eid) + 1) % 3
+
+
+def wait_until(worker: WorkerProcess, what: str, check, timeout: float = 60.0) -> dict:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        counts = worker.counts()
+        if counts and check(counts):
+            return counts
+        time.sleep(0.1)  # poll the worker's counters
+    raise AssertionError(f"{what}: not seen in {timeout:.0f} s: {worker.counts()}")
+
+
+def send_running(bootstrap: str, topics, eid: str, keyed: bool) -> None:
+    value = event(eid, "RUNNING", **RUNNING)
+    if keyed:
+        produce(bootstrap, topics.raw, [(eid.encode(), value)])
+    else:
+        produce(bootstrap, topics.raw, [(None, value)], partition=other_partition(eid))
+
+
+def send_terminal(bootstrap: str, topics, eid: str, keyed: bool) -> None:
+    value = event(eid, "COMPLETED", duration_ms=5, output_body="out", route_id=None)
+    if keyed:
+        produce(bootstrap, topics.raw, [(eid.encode(), value)])
+    else:
+        produce(bootstrap, topics.raw, [(None, value)], partition=other_partition(eid))
+
+
+def the_one_record(bootstrap: str, topics, eid: str) -> dict:
+    """The execution's records once it has one, then everything up to a later sentinel
+    on each partition it used: exactly one record, the merge."""
+    got = consume_until(bootstrap, topics.output, lambda rs: bool(for_key(rs, eid)), timeout=90)
+    assert for_key(got, eid), f"{eid}: nothing emitted"
+    sentinels = []
+    for partition in {partition_of(eid), other_partition(eid)}:
+        sentinel = f"sentinel-{uuid.uuid4()}"
+        sentinels.append(sentinel)
+        produce(
+            bootstrap,
+            topics.raw,
+            [(sentinel.encode(), event(sentinel, "RUNNING"))],
+            partition=partition_of(sentinel),
+        )
+        produce(bootstrap, topics.raw, [(None, event(sentinel, "COMPLETED"))], partition=partition)
+    got = consume_until(
+        bootstrap,
+        topics.output,
+        lambda rs: all(for_key(rs, s) for s in sentinels),
+        timeout=90,
+    )
+    assert all(for_key(got, s) for s in sentinels), "the sentinels never came out"
+    records = for_key(got, eid)
+    assert len(records) == 1, [r.json for r in records]
+    [out] = records
+    assert out.origin == "merged", (out.origin, out.json)
+    assert out.json == {
+        "execution_id": eid,
+        "status": "COMPLETED",
+        "duration_ms": 5,
+        "output_body": "out",
+        **RUNNING,
+    }
+    return out.json
+
+
+@pytest.mark.parametrize("running_keyed", [False, True], ids=["running-unkeyed", "running-keyed"])
+def test_one_phase_keyed_the_other_not_merges(bootstrap, topics, worker, running_keyed):
+    eid = f"mixed-{uuid.uuid4()}"
+    send_running(bootstrap, topics, eid, keyed=running_keyed)
+    send_terminal(bootstrap, topics, eid, keyed=not running_keyed)  # back to back
+    the_one_record(bootstrap, topics, eid)
+
+
+@pytest.mark.parametrize("running_keyed", [False, True], ids=["running-unkeyed", "running-keyed"])
+def test_one_phase_keyed_the_other_not_merges_across_a_kill(
+    bootstrap, topics, worker, running_keyed
+):
+    eid = f"mixed-kill-{uuid.uuid4()}"
+    before = wait_until(worker, "counters", lambda c: True)
+    send_running(bootstrap, topics, eid, keyed=running_keyed)
+    # the RUNNING handled (held, or forwarded to the re-key topic) and committed
+    name = "running_held" if running_keyed else "rekeyed"
+    handled = wait_until(worker, f"{name} counted", lambda c: c.get(name, 0) > before.get(name, 0))
+    wait_until(worker, "a commit after it", lambda c: c["commits"] > handled["commits"])
+    worker.kill()
+    send_terminal(bootstrap, topics, eid, keyed=not running_keyed)
+    worker.start()
+    the_one_record(bootstrap, topics, eid)
+
+
+def test_a_keyed_terminal_waits_while_its_unkeyed_running_travels(bootstrap, topics, worker):
+    """The terminal is read first (its RUNNING takes the re-key topic's detour): it
+    waits, and the RUNNING joins it."""
+    eid = f"mixed-wait-{uuid.uuid4()}"
+    before = wait_until(worker, "counters", lambda c: True)
+    send_running(bootstrap, topics, eid, keyed=False)
+    send_terminal(bootstrap, topics, eid, keyed=True)
+    the_one_record(bootstrap, topics, eid)
+    after = worker.counts()
+    assert after.get("terminal_waiting", 0) > before.get("terminal_waiting", 0)
+
+
+def test_a_keyed_running_sent_after_its_keyed_terminal_is_late(bootstrap, topics, worker):
+    eid = f"late-{uuid.uuid4()}"
+    before = wait_until(worker, "counters", lambda c: True)
+    done = event(eid, "FAILED", error="boom")
+    produce(bootstrap, topics.raw, [(eid.encode(), done)])
+    produce(bootstrap, topics.raw, [(eid.encode(), event(eid, "RUNNING", **RUNNING))])
+    got = consume_until(bootstrap, topics.output, lambda rs: bool(for_key(rs, eid)), timeout=90)
+    [out] = for_key(got, eid)
+    assert (out.origin, out.value) == ("terminal-only", done)
+    wait_until(
+        worker,
+        "the late RUNNING dropped",
+        lambda c: c.get("running_after_terminal", 0) > before.get("running_after_terminal", 0),
+    )
