@@ -26,6 +26,14 @@ def main(argv: list[str] | None = None) -> int:
         help="share of v1 executions sent as unkeyed RUNNING/terminal pairs, back to back, "
         "to two different partitions (default 0.02)",
     )
+    parser.add_argument(
+        "--unkeyed",
+        type=float,
+        default=0.03,
+        metavar="SHARE",
+        help="share of executions keyed badly: no key, a wrong key, or one phase keyed and "
+        "the other not, in equal parts (default 0.03)",
+    )
     parser.add_argument("--no-recovery", action="store_true", help="skip the recovery figure")
     parser.add_argument(
         "--no-downstream", action="store_true", help="skip the ClickHouse and Parquet phase"
@@ -41,6 +49,7 @@ def main(argv: list[str] | None = None) -> int:
         guarantee=args.guarantee,
         downstream=not args.no_downstream,
         unkeyed_pair_share=args.unkeyed_pairs,
+        unkeyed_share=args.unkeyed,
     )
     code = main_run(config)
     if not args.no_recovery:

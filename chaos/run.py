@@ -44,6 +44,9 @@ class ChaosConfig:
     # share of v1 executions sent as unkeyed RUNNING/terminal pairs, back to back, to two
     # different partitions: they meet through the re-key topic in either order
     unkeyed_pair_share: float = 0.02
+    # share of executions whose agent keys badly: no key, a wrong key, or one phase keyed
+    # and the other not (mixed keying), in equal parts
+    unkeyed_share: float = 0.03
     produce_seconds: float = 60.0  # spread production so faults land mid-stream
     kills: int = 8
     # SIGSTOP a worker past its session timeout, then SIGCONT: a zombie that must not
@@ -453,7 +456,10 @@ class Chaos:
         cfg = self.config
         say(f"generating {cfg.executions} executions (seed {cfg.seed})")
         workload = simulator.generate(
-            cfg.seed, cfg.executions, unkeyed_pair_share=cfg.unkeyed_pair_share
+            cfg.seed,
+            cfg.executions,
+            unkeyed_pair_share=cfg.unkeyed_pair_share,
+            unkeyed_share=cfg.unkeyed_share,
         )
         self._total = len(workload.records)
         self.dir.mkdir(parents=True, exist_ok=True)
