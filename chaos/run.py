@@ -200,7 +200,9 @@ class Chaos:
             enable_idempotence=True,
             linger_ms=5,
             max_request_size=4_000_000,
-            request_timeout_ms=60_000,
+            # an agent waits out the broker's restart, however slow the machine: a send
+            # that still fails ends the run (below), it is never counted as lost
+            request_timeout_ms=600_000,
         )
         await producer.start()
         owner = {id(r): e for e in workload.executions.values() for r in e.events}
@@ -212,6 +214,7 @@ class Chaos:
         replayed_terminals = set(replays.values())
         sent_at: dict[int, float] = {}  # when those terminal events were sent
         scatter: dict[str, int] = {}
+        sent: list[asyncio.Future] = []  # this chunk's sends, checked once it is flushed
         spread = (simulator.Keying.SCATTERED, simulator.Keying.MIXED)
         sent_ts: dict[str, int] = {}  # execution -> Kafka timestamp of its last event sent
         try:
@@ -244,17 +247,22 @@ class Chaos:
                         # the order of events that reach the worker by two paths
                         timestamp = max(int(time.time() * 1000), sent_ts.get(eid, 0) + 1)
                         sent_ts[eid] = timestamp
-                    await producer.send(
-                        self.topics.raw,
-                        rec.value,
-                        key=rec.key,
-                        partition=partition,
-                        headers=rec.headers or None,
-                        timestamp_ms=timestamp,
+                    sent.append(
+                        await producer.send(
+                            self.topics.raw,
+                            rec.value,
+                            key=rec.key,
+                            partition=partition,
+                            headers=rec.headers or None,
+                            timestamp_ms=timestamp,
+                        )
                     )
                     if id(rec) in replayed_terminals:
                         sent_at[id(rec)] = time.monotonic()
                 await producer.flush()
+                for future in sent:
+                    future.result()  # raises what the broker answered to a failed send
+                sent.clear()
                 with self.lock:
                     self.produced = min(len(records), i + chunk)
                 await asyncio.sleep(pause)
@@ -468,7 +476,16 @@ class Chaos:
             asyncio.run(self.create_topics(workload))
             self.start_worker(0)
             produced = threading.Event()
-            sender = threading.Thread(target=lambda: asyncio.run(self.produce(workload, produced)))
+            failed: list[BaseException] = []
+
+            def agents() -> None:
+                try:
+                    asyncio.run(self.produce(workload, produced))
+                except BaseException as exc:
+                    failed.append(exc)
+                    raise
+
+            sender = threading.Thread(target=agents)
             sender.start()
             wanted = self.faults(produced)
             while not produced.is_set():
@@ -476,6 +493,11 @@ class Chaos:
                 self.progress(produced)
                 time.sleep(0.5)  # poll until the agents have sent everything
             sender.join()
+            if failed:  # the harness could not play the agents: nothing to verify
+                raise RuntimeError(
+                    f"chaos harness: the agents stopped after {self.produced} of "
+                    f"{self._total} records: {failed[0]!r}"
+                )
             say("all records sent; waiting for the workers to settle")
             self.supervise(wanted)
             stale_wait = time.monotonic() + cfg.stale_after + 3
