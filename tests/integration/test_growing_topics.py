@@ -157,3 +157,42 @@ def test_raw_topic_grown_from_3_to_4_moves_records_through_the_rekey_topic(boots
     assert_merged_exactly_once(bootstrap, topics, ids)
     assert all(w.alive for w in workers)
     assert total(workers, "rekeyed") == len(travelling)
+
+
+def wait_for_exit(worker: WorkerProcess, timeout: float) -> int:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if not worker.alive:
+            return worker.process.returncode
+        time.sleep(0.2)  # poll the process
+    raise AssertionError(f"worker still running after {timeout:.0f} s:\n{worker.log_tail()}")
+
+
+def test_a_grown_internal_topic_stops_the_worker_and_is_refused_at_start(bootstrap, tmp_path):
+    topics = Topics.fresh(uuid.uuid4().hex[:8])
+    create_topic(bootstrap, topics.raw, partitions=3)
+    worker = WorkerProcess(bootstrap, topics, Path(tmp_path) / "w")
+    worker.start()
+    try:
+        eid = f"before-{uuid.uuid4()}"  # positive control: the worker merges
+        produce(bootstrap, topics.raw, [(eid.encode(), running(eid, 0))])
+        produce(bootstrap, topics.raw, [(eid.encode(), terminal(eid, 0))])
+        got = consume_until(bootstrap, topics.output, lambda rs: bool(rs), timeout=60)
+        assert [r.origin for r in got] == ["merged"]
+
+        grow_topic(bootstrap, f"{topics.app_id}-rekey", 6)
+        # the leader's next metadata refresh (30 s) starts a rebalance that assigns a
+        # re-key partition past the state's 3: the worker stops before handling it
+        assert wait_for_exit(worker, 90) == 70
+        reason = worker.exit_reason()
+        assert "has grown past the held state's 3 partitions" in reason, reason
+        assert "docs/growing-topics.md" in reason
+
+        worker.start(wait=False)  # restarted by its orchestrator: refused at start
+        assert wait_for_exit(worker, 60) == 1
+        line = worker.log_tail(1)
+        assert "re-key topic has 6 partitions and the changelog topic 3" in line, line
+        # nothing came out but the merge of before the growth
+        assert [r.key for r in read_to_end(bootstrap, topics.output)] == [eid.encode()]
+    finally:
+        worker.stop()
