@@ -591,9 +591,17 @@ class MergerAssignor(PartitionAssignor):
         engine = self.app._engine
         raw, rekey = engine.raw_topic, engine.rekey_topic
         if raw in partitions_by_topic:
-            assignments = colocate_raw(
-                assignments, raw, rekey, partitions_by_topic[raw], engine.state_partitions
-            )
+            count, state = partitions_by_topic[raw], engine.state_partitions
+            if count % state:
+                log.warning(
+                    "raw topic %s has %d partitions, not a multiple of the state's %d: keyed "
+                    "records on a raw partition whose state partition is another travel "
+                    "through the re-key topic (docs/growing-topics.md)",
+                    raw,
+                    count,
+                    state,
+                )
+            assignments = colocate_raw(assignments, raw, rekey, count, state)
         return assignments
 
 
