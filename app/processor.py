@@ -140,7 +140,11 @@ class Processor:
                 continue
             else:
                 stored = get(partition, state_key_of(parsed.key))
-                decision = decide(parsed, stored, rules, now, rekeyed)
+                # A raw partition beyond the state's count (the raw topic grew): the
+                # execution's RUNNING may be on an older partition, not handled yet.
+                # A terminal that finds nothing held waits for it, as a re-keyed one.
+                elsewhere = rekeyed or record.partition != partition
+                decision = decide(parsed, stored, rules, now, elsewhere)
             self._apply(partition, decision, outbox)
             if decision.outputs:  # a terminal record (a RUNNING emits nothing here)
                 self.published_ms.append(source.timestamp_ms)

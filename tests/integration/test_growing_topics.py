@@ -196,3 +196,33 @@ def test_a_grown_internal_topic_stops_the_worker_and_is_refused_at_start(bootstr
         assert [r.key for r in read_to_end(bootstrap, topics.output)] == [eid.encode()]
     finally:
         worker.stop()
+
+
+def test_raw_topic_grown_while_the_workers_are_down_with_a_backlog_on_every_partition(
+    bootstrap, tmp_path
+):
+    # The workers come back to RUNNINGs unread on the old partitions and terminals on
+    # the new ones, read side by side: a terminal may be handled before its RUNNING.
+    topics = Topics.fresh(uuid.uuid4().hex[:8])
+    create_topic(bootstrap, topics.raw, partitions=3)
+    workers = [WorkerProcess(bootstrap, topics, Path(tmp_path) / f"w{i}") for i in range(2)]
+    try:
+        for w in workers:
+            w.start()
+        for w in workers:
+            assert w.stop() == 0
+        run = uuid.uuid4().hex[:6]
+        ids = [f"backlog-{run}-{n}" for n in range(300)]
+        produce(bootstrap, topics.raw, [(e.encode(), running(e, n)) for n, e in enumerate(ids)])
+        grow_topic(bootstrap, topics.raw, 6)
+        placed = produce(
+            bootstrap, topics.raw, [(e.encode(), terminal(e, n)) for n, e in enumerate(ids)]
+        )
+        assert 100 < sum(1 for partition, _ in placed if partition >= 3) < 200
+        for w in workers:
+            w.start()
+        assert_merged_exactly_once(bootstrap, topics, ids)
+        assert total(workers, "rekeyed") == 0
+    finally:
+        for w in workers:
+            w.stop()

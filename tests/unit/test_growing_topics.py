@@ -83,6 +83,19 @@ def test_a_keyed_record_on_a_new_raw_partition_of_its_state_partition_is_handled
     assert p.counts["merged"] == 1 and p.counts["rekeyed"] == 0
 
 
+def test_a_terminal_on_a_new_raw_partition_waits_for_a_running_still_unread_on_an_old_one():
+    # the RUNNING went to raw partition 1 before the growth, the terminal to 4 after;
+    # both are handled in state partition 1, in the order they are read
+    p = processor()
+    sink = Sink()
+    eid = next(e for e in ids_with_state(1, 50) if partition_for(e.encode(), 6) == 4)
+    p.handle(1, [record(4, eid, "COMPLETED")], sink)
+    assert sink.sent == [] and p.counts["terminal_waiting"] == 1  # nothing held: it waits
+    p.handle(1, [record(1, eid, "RUNNING", 7)], sink)
+    assert sink.sent == [("out", partition_for(eid.encode(), 5), eid.encode())]
+    assert p.counts["merged"] == 1
+
+
 def test_a_keyed_record_whose_state_partition_is_another_travels_through_the_rekey_topic():
     # raw topic grown to 4: raw partition 3 is handled in state partition 0, but holds
     # executions of every state partition
