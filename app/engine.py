@@ -95,6 +95,9 @@ class GroupPort(Protocol):
 
     async def stable_offsets(self, tps: Iterable) -> dict: ...
 
+    async def partition_count(self, topic: str) -> int:
+        """The topic's partition count now (fresh metadata)."""
+
     def seconds_since_heartbeat(self) -> float: ...
 
 
@@ -109,6 +112,7 @@ class Engine:
         raw_topic: str,
         rekey_topic: str,
         raw_partitions: int,
+        state_partitions: int,
         new_producer: Callable[[], object],
         registry_ready: asyncio.Event,
         first_record_at: Callable,
@@ -120,7 +124,10 @@ class Engine:
         self.raw_topic = raw_topic
         self.rekey_topic = rekey_topic
         self.source_topics = frozenset({raw_topic, rekey_topic})
-        self.raw_partitions = raw_partitions
+        # The held state's partition count (re-key and changelog topics). Raw partition
+        # p is handled in state partition p % state_partitions; the raw topic may grow.
+        self.state_partitions = state_partitions
+        self.raw_partitions = raw_partitions  # the raw topic's, as last seen
         self._barrier = RekeyBarrier()  # how far the re-key topic is known complete
         self._consumed: dict = {}  # re-key TopicPartition -> consumer position handled
         self._pending = False  # re-keyed terminals wait: follow the re-key progress
@@ -156,6 +163,43 @@ class Engine:
     @property
     def assigned(self) -> frozenset:
         return frozenset(self._positions)
+
+    @property
+    def owned_state(self) -> frozenset:
+        """The state partitions this worker owns: those of its re-key partitions."""
+        return frozenset(tp.partition for tp in self._positions if tp.topic == self.rekey_topic)
+
+    def state_partition(self, tp) -> int:
+        """Where a source partition's records are handled (see app.processor)."""
+        return tp.partition % self.state_partitions if tp.topic == self.raw_topic else tp.partition
+
+    def layout_problem(self, assigned: Iterable) -> str | None:
+        """Why an assignment (every active topic partition) cannot be worked, or None.
+
+        Raw partition p must come with state partition p % state_partitions (its
+        re-key and changelog partitions), and the internal topics must not have
+        grown: an execution's state would be sought where it was never written.
+        """
+        tps = {(tp.topic, tp.partition) for tp in assigned}
+        internal = (self.rekey_topic, self.store.changelog_topic)
+        for topic, partition in sorted(tps):
+            if topic in internal and partition >= self.state_partitions:
+                return (
+                    f"{topic} has grown past the held state's {self.state_partitions} "
+                    f"partitions (partition {partition} assigned); internal topics cannot "
+                    "grow: stop the workers and see docs/growing-topics.md"
+                )
+        for topic, partition in sorted(tps):
+            state = partition % self.state_partitions
+            if topic == self.raw_topic or topic in internal:
+                missing = [t for t in internal if (t, state) not in tps]
+                if missing:
+                    return (
+                        f"{topic}[{partition}] was assigned without state partition {state} "
+                        f"({', '.join(missing)}): the group's leader does not co-assign them "
+                        "(an older worker version?); see docs/growing-topics.md"
+                    )
+        return None
 
     @property
     def stopping(self) -> bool:
@@ -249,7 +293,7 @@ class Engine:
                 self._catch_up_to.pop(tp, None)
             if not self._positions:
                 self._group = None
-            self.store.discard({tp.partition for tp in revoked if tp.topic == self.raw_topic})
+            self.store.discard({tp.partition for tp in revoked if tp.topic == self.rekey_topic})
 
     # ---- records ----------------------------------------------------------------------
 
@@ -284,7 +328,7 @@ class Engine:
                 if not records:
                     continue
                 try:
-                    self.processor.handle(tp.partition, records, outbox)
+                    self.processor.handle(self.state_partition(tp), records, outbox)
                 except Exception as exc:  # never skip a record: exit, the restart redoes it
                     fatal(f"handling {tp.topic}[{tp.partition}] from {records[0].offset}", exc)
                 self._positions[tp] = records[-1].offset + 1
@@ -346,7 +390,7 @@ class Engine:
         return all(
             self._positions.get(tp, -1) >= end
             for tp, end in self._catch_up_to.items()
-            if tp.partition == partition
+            if self.state_partition(tp) == partition
         )
 
     async def sweep(self) -> int:
@@ -359,7 +403,7 @@ class Engine:
                 return 0
             swept = 0
             still_waiting = self.counts["terminal_still_waiting"]
-            for partition in sorted({tp.partition for tp in self._positions}):
+            for partition in sorted(self.owned_state):
                 if self._caught_up(partition):
                     try:
                         swept += self.processor.sweep(partition, self._outbox, safe_ms)
@@ -377,11 +421,20 @@ class Engine:
             return swept
 
     async def _rekey_progress(self) -> int:
-        """One round of app.rekeybarrier: raw ends, then committed, then re-key ends."""
-        raw = [TopicPartition(self.raw_topic, p) for p in range(self.raw_partitions)]
+        """One round of app.rekeybarrier: raw ends, then committed, then re-key ends.
+
+        The raw topic's partition count is read afresh each round: a RUNNING may wait
+        on a partition added since, which no worker owns yet (its committed offset,
+        none, holds the barrier back until an owner has handled it).
+        """
         ours = [tp for tp in self._positions if tp.topic == self.rekey_topic]
         try:
             taken_ms = int(time.time() * 1000)
+            count = await self._port.partition_count(self.raw_topic)
+            if count > self.raw_partitions:
+                log.info("raw topic %s has grown to %d partitions", self.raw_topic, count)
+            self.raw_partitions = max(self.raw_partitions, count)
+            raw = [TopicPartition(self.raw_topic, p) for p in range(self.raw_partitions)]
             raw_ends = await self._port.end_offsets(raw)
             committed = await self._port.stable_offsets(raw)
             rekey_ends = await self._port.end_offsets(ours)

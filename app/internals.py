@@ -20,7 +20,12 @@ Faust
   used a stale cache, then waited for a commit marker no consumer receives);
   a standby's, up to the log's end (a zombie's open transaction made Faust's
   consistency check crash a worker whose standby was past the stable offset).
-- `MergerConsumer.on_partitions_assigned`: counts rebalances (app.metrics).
+- `MergerConsumer.on_partitions_assigned`: counts rebalances (app.metrics), and
+  stops the worker when the assignment cannot be worked (`Engine.layout_problem`).
+- `MergerAssignor`: raw partition p goes to the owner of state partition
+  p % (state partitions). Faust co-partitions topics of equal partition counts
+  only: once the raw topic has grown, it would spread the raw partitions apart
+  from the re-key and changelog partitions their records are merged in.
 - `keep_changelog_queue_on_resume`: Faust empties its changelog queue at every
   `flow_control.resume()`, also after the standbys were sought and resumed,
   when their records queued meanwhile are past the consumer's position: a
@@ -50,6 +55,7 @@ from aiokafka import errors as Errors
 from aiokafka.client import CoordinationType
 from aiokafka.producer.sender import Sender, TxnOffsetCommitHandler
 from aiokafka.producer.transaction_manager import TransactionState
+from faust.assignor import PartitionAssignor
 from faust.transport.consumer import TransactionManager
 from faust.transport.drivers.aiokafka import (
     AIOKafkaConsumerThread,
@@ -59,7 +65,7 @@ from faust.transport.drivers.aiokafka import (
 
 from . import kip447
 from .connection import Connection
-from .engine import Engine
+from .engine import Engine, fatal
 from .kip447 import GroupMetadata
 from .probes import after_last_records, ends_without_open_transactions, standby_ends
 
@@ -346,6 +352,14 @@ class MergerConsumerThread(AIOKafkaConsumerThread):
             self._ensure_consumer(), [TopicPartition(tp.topic, tp.partition) for tp in tps]
         )
 
+    async def partition_count(self, topic: str) -> int:
+        """The topic's partition count after a metadata refresh. The refresh updates the
+        consumer's cluster metadata: on the group's leader, a grown topic starts the
+        rebalance that assigns its new partitions at once."""
+        client = self._ensure_consumer()._client
+        await client.force_metadata_update()
+        return len(client.cluster.partitions_for_topic(topic) or ())
+
 
 class MergerConsumer(Consumer):
     def __init__(self, *args, engine: Engine, connection: Connection, **kwargs) -> None:
@@ -367,6 +381,9 @@ class MergerConsumer(Consumer):
 
     async def stable_offsets(self, tps) -> dict:
         return await self._thread.call_thread(self._thread.stable_offsets, list(tps))
+
+    async def partition_count(self, topic: str) -> int:
+        return await self._thread.call_thread(self._thread.partition_count, topic)
 
     def seconds_since_heartbeat(self) -> float:
         return time.monotonic() - self._thread.last_heartbeat_ok
@@ -456,6 +473,11 @@ class MergerConsumer(Consumer):
 
     async def on_partitions_assigned(self, assigned, generation_id: int = 0) -> None:
         self._engine.counts["rebalances"] += 1
+        # before any recovery or record: what was handled before was committed at
+        # the revocation, so stopping here loses nothing
+        problem = self._engine.layout_problem(self.app.assignor.assigned_actives())
+        if problem:
+            fatal("refusing the assignment", RuntimeError(problem))
         await super().on_partitions_assigned(assigned, generation_id)
 
     async def on_stop(self) -> None:
@@ -545,6 +567,42 @@ def keep_changelog_queue_on_resume(app) -> None:
             log.info("flow resumed: %d changelog records kept in the queue", queue.qsize())
 
     queue.clear = clear_unless_resuming  # FlowControlEvent.clear calls queue.clear()
+
+
+def colocate_raw(assignments: dict, raw: str, rekey: str, raw_count: int, state_count: int):
+    """Give raw partition p to the members owning state partition p % state_count (the
+    re-key partition, assigned with its changelog partition), as actives and standbys
+    alike. With equal counts this is Faust's own co-partitioned assignment."""
+    for assignment in assignments.values():
+        for mine in (assignment.actives, assignment.standbys):
+            state = set(mine.get(rekey, ()))
+            if raw in mine or state:
+                mine[raw] = [p for p in range(raw_count) if p % state_count in state]
+    return assignments
+
+
+class MergerAssignor(PartitionAssignor):
+    """Faust's assignor, the raw topic's partitions following their state partitions."""
+
+    def _global_table_standby_assignments(self, assignments, partitions_by_topic):
+        # Faust's last step over the co-partitioned assignments (faust/assignor/
+        # partition_assignor.py, `_perform_assignment`), before they are encoded
+        assignments = super()._global_table_standby_assignments(assignments, partitions_by_topic)
+        engine = self.app._engine
+        raw, rekey = engine.raw_topic, engine.rekey_topic
+        if raw in partitions_by_topic:
+            count, state = partitions_by_topic[raw], engine.state_partitions
+            if count % state:
+                log.warning(
+                    "raw topic %s has %d partitions, not a multiple of the state's %d: keyed "
+                    "records on a raw partition whose state partition is another travel "
+                    "through the re-key topic (docs/growing-topics.md)",
+                    raw,
+                    count,
+                    state,
+                )
+            assignments = colocate_raw(assignments, raw, rekey, count, state)
+        return assignments
 
 
 class MergerTransactionManager(TransactionManager):

@@ -87,10 +87,9 @@ def _le(bound: float) -> str:
 
 
 class Metrics(Collector):
-    def __init__(self, engine, census, raw_topic: str) -> None:
+    def __init__(self, engine, census) -> None:
         self.engine = engine
         self.census = census  # app.inflight.InFlight
-        self.raw_topic = raw_topic
         self.registry = CollectorRegistry(auto_describe=False)
         self.commit_seconds = Histogram(
             "cameleer_commit_seconds",
@@ -250,4 +249,5 @@ class Metrics(Collector):
         )
 
     def engine_partitions(self) -> list[int]:
-        return sorted({tp.partition for tp in self.engine.assigned if tp.topic == self.raw_topic})
+        """The state partitions this worker owns (the held gauges are per state partition)."""
+        return sorted(self.engine.owned_state)

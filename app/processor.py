@@ -63,8 +63,12 @@ class Destinations:
     output_topic: str
     dlq_topic: str
     rekey_topic: str
-    partitions: int  # raw, output and re-key topics alike
+    # The held state's partitions (re-key and changelog topics, fixed for the
+    # deployment): an execution's state partition is its execution_id's murmur2
+    # modulo this, whatever the raw topic's partition count (docs/growing-topics.md).
+    partitions: int
     dlq_partitions: int
+    output_partitions: int
 
 
 class Processor:
@@ -87,7 +91,11 @@ class Processor:
         self.published_ms: list[int] = []
 
     def handle(self, partition: int, records: Sequence, outbox) -> None:
-        """Records of one source partition (raw or re-key), in offset order."""
+        """Records of one source partition (raw or re-key), in offset order.
+
+        `partition`: the state partition they are handled in, the re-key partition's
+        own, or for raw partition p, p modulo the state's count (the assignment gives
+        raw p to the owner of that state partition, app.internals.MergerAssignor)."""
         if not records:
             return
         rekeyed = records[0].topic == self.to.rekey_topic  # one partition: one topic
@@ -120,14 +128,23 @@ class Processor:
                 parsed.protocol_version is None and merge.protocol_of(parsed, versions) == 2
             ):
                 decision = merge.passthrough(parsed, rules)
-            elif not rekeyed and record.key != parsed.key:
-                # Its partner may be on another partition: move it to where its
-                # execution_id hashes, through the internal re-key topic.
+            elif not rekeyed and (
+                record.key != parsed.key
+                or partition_for(parsed.key, self.to.partitions) != partition
+            ):
+                # Its partner may be on another partition (no key or another key, or a
+                # raw partition whose state partition is not its execution's: the raw
+                # topic grew): move it to its execution's state partition, through the
+                # internal re-key topic.
                 self._forward(source, parsed.key, outbox)
                 continue
             else:
                 stored = get(partition, state_key_of(parsed.key))
-                decision = decide(parsed, stored, rules, now, rekeyed)
+                # Read on a raw partition beyond the state's count (the raw topic grew):
+                # its execution's other events may be on another raw partition, not
+                # handled yet, as for a re-keyed record (app.merge, "Mixed keying").
+                elsewhere = rekeyed or record.partition != partition
+                decision = decide(parsed, stored, rules, now, elsewhere)
             self._apply(partition, decision, outbox)
             if decision.outputs:  # a terminal record (a RUNNING emits nothing here)
                 self.published_ms.append(source.timestamp_ms)
@@ -192,7 +209,7 @@ class Processor:
             headers = [*out.headers, (ORIGIN, _ORIGIN_VALUES[out.origin])]
             outbox.add(
                 self.to.output_topic,
-                partition_for(out.key, self.to.partitions),
+                partition_for(out.key, self.to.output_partitions),
                 out.key,
                 out.value,
                 headers,

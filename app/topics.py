@@ -2,8 +2,14 @@
 
 The raw topic belongs to ops; the worker creates it only when it is missing
 (with CAMELEER_RAW_PARTITIONS), so a fresh `make run` works. The output topic
-is compacted and has the raw topic's partition count, so output partition p
-holds exactly the executions of raw partition p.
+is compacted and created with the raw topic's partition count.
+
+The held state has its own partition count, fixed when the deployment's re-key
+and changelog topics are created (the raw topic's count then): an execution's
+state partition is murmur2(execution_id) modulo that count, whatever the raw
+topic's count is now. Operators may add raw partitions while workers run
+(docs/growing-topics.md); the two internal topics must keep their count, and a
+worker refuses to start when they differ.
 """
 
 from __future__ import annotations
@@ -55,9 +61,27 @@ async def _create(
 
 @dataclass(frozen=True)
 class Layout:
-    raw_partitions: int
+    raw_partitions: int  # at start; the worker follows it as it grows
     agents_partitions: int
     dlq_partitions: int
+    state_partitions: int  # re-key and changelog topics: fixed for the deployment
+    output_partitions: int
+
+
+GUIDE = "docs/growing-topics.md"
+
+
+def state_partition_count(raw: int, rekey: int | None, changelog: int | None) -> int:
+    """The held state's partition count: the internal topics' if they exist, else the
+    raw topic's (they are about to be created with it). Refuses internal topics that
+    disagree: an execution's state would be looked up where it was never written."""
+    if rekey and changelog and rekey != changelog:
+        raise RuntimeError(
+            f"the re-key topic has {rekey} partitions and the changelog topic {changelog}: "
+            "they hold the state's partitions and must keep the count they were created "
+            f"with (internal topics cannot grow; see {GUIDE})"
+        )
+    return rekey or changelog or raw
 
 
 async def ensure_topics(settings: Settings, timeout: float = 60.0) -> Layout:
@@ -108,12 +132,17 @@ async def _prepare(admin: AIOKafkaAdminClient, settings: Settings) -> Layout:
             settings.raw_partitions,
         )
         raw = settings.raw_partitions
+    state = state_partition_count(
+        raw,
+        infos[rekey].partitions if infos[rekey].exists else None,
+        infos[changelog].partitions if infos[changelog].exists else None,
+    )
     wanted = [
         (settings.raw_topic, raw, {}, raw_grant),
         (settings.output_topic, raw, OUTPUT_CONFIG, output_grant),
         (settings.dlq_topic, raw, DLQ_CONFIG, dlq_grant),
         (settings.agents_topic, 1, AGENTS_CONFIG, agents_grant),
-        (rekey, raw, REKEY_CONFIG, internal),
+        (rekey, state, REKEY_CONFIG, internal),
     ]
     created = False
     for name, partitions, config, grant in wanted:
@@ -123,19 +152,13 @@ async def _prepare(admin: AIOKafkaAdminClient, settings: Settings) -> Layout:
         if not info.exists:
             await _create(admin, name, partitions, replication, config, principal, grant)
             created = True
-        elif name in (settings.output_topic, rekey) and info.partitions != raw:
-            raise RuntimeError(
-                f"output topic {name} has {info.partitions} partitions but the raw topic has "
-                f"{raw}: they must match (each output partition holds one raw partition's "
-                "executions)"
-            )
     if created:
         infos, _ = await access.describe_topics(admin, names)
     for name, _partitions, _config, grant in wanted:
         await access.check_topic(admin, principal, grant, infos[name])
     # Faust makes these two itself; they need Create while they do not exist
     changelog_topic = NewTopic(
-        changelog, raw, replication, topic_configs={"cleanup.policy": "compact"}
+        changelog, state, replication, topic_configs={"cleanup.policy": "compact"}
     )
     await access.check_topic(admin, principal, internal, infos[changelog], changelog_topic)
     leader_topic = NewTopic(leader, 1, replication)
@@ -145,8 +168,20 @@ async def _prepare(admin: AIOKafkaAdminClient, settings: Settings) -> Layout:
     await access.check_group(admin, principal, group)
     if tid:
         await access.check_transactional_id(admin, principal, tid[0], group)
+    if raw % state:
+        log.warning(
+            "raw topic %s has %d partitions, not a multiple of the state's %d: keyed records "
+            "on a raw partition whose state partition is another travel through the re-key "
+            "topic (%s)",
+            settings.raw_topic,
+            raw,
+            state,
+            GUIDE,
+        )
     return Layout(
         raw,
         infos[settings.agents_topic].partitions or 1,
         infos[settings.dlq_topic].partitions or raw,
+        state,
+        infos[settings.output_topic].partitions or raw,
     )

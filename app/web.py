@@ -104,7 +104,7 @@ def register(app, *, engine, registry, inflight, metrics, held, partitions: int)
         @app.table_route(table=held, match_info="execution_id")
         async def get(self, request: Request, execution_id: str) -> Response:
             partition = partition_for(execution_id.encode(), partitions)
-            if partition not in {tp.partition for tp in engine.assigned}:
+            if partition not in engine.owned_state:
                 body = {"error": "partition not owned here (rebalancing?)", "partition": partition}
                 return self.json({**body, **identity}, status=503)
             answer = inflight.execution(partition, execution_id)

@@ -22,7 +22,7 @@ from . import probes, web
 from .config import Settings
 from .engine import Engine
 from .inflight import InFlight, derive_held_index
-from .internals import EosProducer, MergerApp, derive_on_recovery
+from .internals import EosProducer, MergerApp, MergerAssignor, derive_on_recovery
 from .merge import Rules
 from .metrics import Metrics
 from .processor import Destinations, Processor
@@ -36,6 +36,11 @@ SWEEP_INTERVAL = 1.0  # seconds between stale/expiry sweeps of the owned partiti
 RAW = "raw"
 PRODUCER_BATCH_BYTES = 512 * 1024  # per-partition produce batch (bench: README "Performance")
 MAX_REQUEST_BYTES = 8 * 1024 * 1024  # a produce request holds several batches
+# How soon the group's leader sees partitions added to the raw topic (its metadata
+# refresh), and starts the rebalance that assigns them. Records on a new partition
+# wait that long at most; a held RUNNING is not flushed as stale before then
+# unless CAMELEER_STALE_AFTER is shorter (docs/growing-topics.md).
+METADATA_MAX_AGE_MS = 30_000
 # A dead worker's open transaction blocks read_committed readers of the partitions
 # it wrote until the broker aborts it (when the same worker restarts, at once).
 TRANSACTION_TIMEOUT_MS = 10_000
@@ -90,7 +95,7 @@ def producer_factory(settings: Settings, transactional_id: str):
 
 
 def create_app(settings: Settings, layout: Layout) -> faust.App:
-    partitions = layout.raw_partitions
+    partitions = layout.state_partitions  # the held table's, fixed (app.topics)
     rekey_name = rekey_topic_name(settings)
     counts: Counter[str] = Counter()
     registry = AgentRegistry(settings.connection, settings.agents_topic, layout.agents_partitions)
@@ -107,6 +112,7 @@ def create_app(settings: Settings, layout: Layout) -> faust.App:
         rekey_topic=rekey_name,
         partitions=partitions,
         dlq_partitions=layout.dlq_partitions,
+        output_partitions=layout.output_partitions,
     )
 
     async def first_record_at(tp, start: int) -> int | None:
@@ -124,7 +130,8 @@ def create_app(settings: Settings, layout: Layout) -> faust.App:
         exactly_once=settings.exactly_once,
         raw_topic=settings.raw_topic,
         rekey_topic=rekey_name,
-        raw_partitions=partitions,
+        raw_partitions=layout.raw_partitions,
+        state_partitions=partitions,
         new_producer=producer_factory(
             settings, f"{settings.app_id}-{worker_id(settings.state_dir)}"
         ),
@@ -150,6 +157,8 @@ def create_app(settings: Settings, layout: Layout) -> faust.App:
         key_serializer=RAW,
         value_serializer=RAW,
         consumer_auto_offset_reset="earliest",
+        consumer_metadata_max_age_ms=METADATA_MAX_AGE_MS,
+        PartitionAssignor=MergerAssignor,  # raw partitions follow their state partitions
         broker_max_poll_records=settings.batch_max,
         consumer_max_fetch_size=1024**2,  # per partition and fetch (memory: one per partition)
         table_cleanup_interval=3600.0,
@@ -168,9 +177,10 @@ def create_app(settings: Settings, layout: Layout) -> faust.App:
     def topic(*names: str, **kw):
         return app.topic(*names, key_serializer=RAW, value_serializer=RAW, **kw)
 
-    # Subscribed through Faust (assignment co-partitions them with the table), read
-    # by the engine: nothing is ever delivered to this channel.
-    app.topics.add(topic(settings.raw_topic, rekey_name, partitions=partitions))
+    # Subscribed through Faust (assignment co-partitions them with the table:
+    # MergerAssignor), read by the engine: nothing is ever delivered to these channels.
+    app.topics.add(topic(settings.raw_topic))
+    app.topics.add(topic(rekey_name, partitions=partitions))
     held = app.Table(
         "held",
         partitions=partitions,
@@ -196,10 +206,10 @@ def create_app(settings: Settings, layout: Layout) -> faust.App:
 
     inflight = InFlight(
         store,
-        lambda: {tp.partition for tp in engine.assigned if tp.topic == settings.raw_topic},
+        lambda: set(engine.owned_state),
         registry.versions,
     )
-    metrics = Metrics(engine, inflight, settings.raw_topic)
+    metrics = Metrics(engine, inflight)
     engine.watch = metrics
     app.metrics = metrics  # for tests
     web.register(

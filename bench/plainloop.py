@@ -109,7 +109,7 @@ async def run(args: argparse.Namespace) -> None:
         # RUNNING still on its way (the worker's bounded wait, app/rekeybarrier.py)
         Rules(stale_after_ms=3_600_000, rekey_grace_ms=0),
         store,
-        Destinations(args.output, args.dlq, rekey, n, n),
+        Destinations(args.output, args.dlq, rekey, n, n, n),
         registry.versions,
         counts,
     )

@@ -9,8 +9,8 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 
 import orjson
-from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
-from aiokafka.admin import AIOKafkaAdminClient, NewTopic
+from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
+from aiokafka.admin import AIOKafkaAdminClient, NewPartitions, NewTopic
 
 from chaos.processes import Topics
 
@@ -44,6 +44,66 @@ def create_topic(bootstrap: str, name: str, partitions: int, config: dict | None
             await admin.close()
 
     asyncio.run(go())
+
+
+def grow_topic(bootstrap: str, name: str, partitions: int) -> None:
+    """Add partitions to a topic, as an operator does (`kafka-topics.sh --alter`)."""
+
+    async def go():
+        admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap)
+        await admin.start()
+        try:
+            response = await admin.create_partitions({name: NewPartitions(partitions)})
+        finally:
+            await admin.close()
+        for _topic, code, message in response.topic_errors:
+            assert code == 0, f"could not grow {name}: {message}"
+
+    asyncio.run(go())
+
+
+def read_to_end(bootstrap: str, topic: str, timeout: float = 30.0) -> list[Record]:
+    """Every committed record of the topic: read (read_committed) until the consumer's
+    position reaches the end offsets taken first, past any transaction marker."""
+
+    async def go():
+        consumer = AIOKafkaConsumer(
+            bootstrap_servers=bootstrap,
+            isolation_level="read_committed",
+            enable_auto_commit=False,
+            group_id=None,
+        )
+        await consumer.start()
+        try:
+            cluster = await consumer._client.fetch_all_metadata()  # fresh: a grown topic
+            tps = [TopicPartition(topic, p) for p in cluster.partitions_for_topic(topic)]
+            consumer.assign(tps)
+            await consumer.seek_to_beginning(*tps)
+            ends = await consumer.end_offsets(tps)
+            records: list[Record] = []
+            deadline = time.monotonic() + timeout
+            while True:
+                positions = {tp: await consumer.position(tp) for tp in tps}
+                if all(positions[tp] >= ends[tp] for tp in tps):
+                    return records
+                assert time.monotonic() < deadline, f"{topic}: at {positions}, ends {ends}"
+                for batch in (await consumer.getmany(timeout_ms=200)).values():
+                    records += [
+                        Record(
+                            m.topic,
+                            m.partition,
+                            m.offset,
+                            m.key,
+                            m.value,
+                            dict(m.headers or ()),
+                            m.timestamp,
+                        )
+                        for m in batch
+                    ]
+        finally:
+            await consumer.stop()
+
+    return asyncio.run(go())
 
 
 def describe_config(bootstrap: str, topic: str) -> dict[str, str]:

@@ -157,9 +157,11 @@ def test_a_commit_s_latencies_land_in_their_buckets():
 
 
 def test_the_exposition_parses_and_counts_committed_records_only():
-    engine = SimpleNamespace(counts={"rebalances": 2}, assigned=frozenset(), port=None)
+    engine = SimpleNamespace(
+        counts={"rebalances": 2}, assigned=frozenset(), owned_state=frozenset(), port=None
+    )
     census = SimpleNamespace(census=None)
-    metrics = Metrics(engine, census, "raw")
+    metrics = Metrics(engine, census)
     engine.counts["merged"] = 7  # handled, not committed yet: not counted
     metrics.committed(0.02, {}, {"merged": 3, "dlq_invalid-json": 1, "held_expired": 2}, [])
     samples = {

@@ -302,7 +302,7 @@ TRACE = ("traceparent", b"00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-0
 def dead_letter_record(dead: merge.DeadLetter) -> dict:
     """The DLQ record the processor really sends for `dead` (its header code, not a copy)."""
     sink = Sink()
-    to = Destinations("out", "dlq", "rekey", partitions=3, dlq_partitions=3)
+    to = Destinations("out", "dlq", "rekey", partitions=3, dlq_partitions=3, output_partitions=3)
     processor = Processor(merge.Rules(), None, to, {}, Counter())
     processor._dead(0, dead, sink)
     [record] = sink.sent
