@@ -115,6 +115,36 @@ def test_only_rekeyed_terminals_wait_and_a_duplicate_of_a_waiting_one_is_dropped
     )
 
 
+def test_a_waiting_terminal_too_large_for_the_output_is_dead_lettered_when_let_go():
+    st = State()
+    big = {**DONE, "output_body": "o" * RULES.max_record_bytes}
+    waiting = st.decide(event(big, topic="rekey", headers=(TRACE,)), now=5_000, rekeyed=True)
+    assert waiting.counter == "terminal_waiting"
+    [released] = st.sweep(now=6_500, safe_ms=5_000)
+    assert (released.counter, released.outputs) == ("too_large", [])
+    [dead] = released.dead
+    assert dead.reason == merge.TOO_LARGE
+    assert (dead.source.value, dead.source.headers) == (orjson.dumps(big), (TRACE,))
+    # it went: a marker, and a late RUNNING is dropped
+    assert st.index() == [6_500 + RULES.marker_ms]
+    assert st.decide(event(RUNNING), now=7_000, rekeyed=False).counter == "running_after_terminal"
+
+
+def test_a_waiting_terminal_whose_merge_is_too_large_dead_letters_both_events():
+    st = State()
+    half = RULES.max_record_bytes // 2 + 100
+    terminal = {**DONE, "output_body": "o" * half}
+    running = {**RUNNING, "input_body": "i" * half}
+    st.decide(event(terminal, topic="rekey"), now=5_000, rekeyed=True)
+    merged = st.decide(event(running, topic="rekey"), now=7_000, rekeyed=True)
+    assert (merged.counter, merged.outputs) == ("too_large", [])
+    assert [(d.reason, d.source.value) for d in merged.dead] == [
+        (merge.TOO_LARGE, orjson.dumps(running)),
+        (merge.TOO_LARGE, orjson.dumps(terminal)),
+    ]
+    assert st.index() == [7_000 + RULES.marker_ms]  # a marker: the pair is done
+
+
 def test_a_pending_terminal_keeps_its_bytes_and_headers_through_the_store():
     terminal = Source("raw", 4, 99, 1_234, b"wrong-key", b'{"x":1}', (("a", b"1"), ("b", None)))
     pending = Pending(5_000, 65_000, terminal)
