@@ -111,7 +111,11 @@ def consume_until(
     timeout: float = 60.0,
     isolation: str = "read_committed",
 ) -> list[Record]:
-    """Read the topic from the beginning until done(records) holds or the deadline passes."""
+    """Read the topic from the beginning until done(records) holds or the deadline passes.
+
+    For waiting until something is there. What it returns may stop anywhere short of
+    the topic's end, so it never shows that something is absent: `settled` does.
+    """
 
     async def go():
         consumer = AIOKafkaConsumer(

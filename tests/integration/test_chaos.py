@@ -35,15 +35,15 @@ def chaos_run(tmp_path_factory):
 def test_kills_rebalances_and_a_wipe_lose_and_double_nothing(chaos_run):
     _, verdict, tally = chaos_run
     assert tally.kills >= 3 and tally.rebalances >= 1 and tally.wipes == 1
+    assert verdict.executions == 2_000
+    assert (verdict.lost, verdict.duplicated, verdict.wrong) == (0, 0, 0), verdict.problems
+    # the batch path delivers every record once, in order: no safety net fired
+    assert (tally.safety_redelivered, tally.safety_skipped) == (0, 0)
     # the zombie fault ran, and the only workers that stopped by themselves are that
     # zombie, fenced: every other exit was a kill or a SIGTERM of the run
     assert tally.pauses == len(tally.zombies) == 1
     assert tally.unexplained_crashes() == [], tally.crashes
     assert len(tally.crashes) <= tally.fenced <= tally.pauses
-    assert verdict.executions == 2_000
-    assert (verdict.lost, verdict.duplicated, verdict.wrong) == (0, 0, 0), verdict.problems
-    # the batch path delivers every record once, in order: no safety net fired
-    assert (tally.safety_redelivered, tally.safety_skipped) == (0, 0)
 
 
 @pytest.mark.timeout(900)
