@@ -464,7 +464,7 @@ def test_the_plans_mostly_hold_executions_to_never_running_after_terminal():
     timestamp ahead of the read (a producer clock ahead) are drawn too."""
     seen: Counter[str] = Counter()
 
-    @settings(max_examples=300, derandomize=True, database=None, deadline=None)
+    @settings(max_examples=200, derandomize=True, database=None, deadline=None)
     @given(plans(ids_one))
     def measure(plan: Plan) -> None:
         reads = [(s[2], s[4], s[5]) for s in plan.steps if s[0] == "read"]
@@ -484,7 +484,7 @@ def test_the_plans_mostly_hold_executions_to_never_running_after_terminal():
 
     measure()
     pairs = seen["pairs"]
-    assert pairs >= 0.5 * seen["plans"], seen
+    assert pairs >= 0.4 * seen["plans"], seen
     assert seen["RUNNING read before the terminal"] >= 0.5 * pairs, seen
     assert seen["exempt"] <= 0.25 * pairs, seen
     assert seen["checked, a RUNNING read after the terminal"] >= 0.15 * pairs, seen
