@@ -122,9 +122,22 @@ class WorkerProcess:
         except OSError:
             return None
 
-    def counts(self) -> dict[str, int]:
-        stats = self.stats()
-        return stats["counts"] if stats else {}
+    def counts(self, timeout: float = 30.0) -> dict[str, int]:
+        """The worker's counters from /stats, asked again until `timeout` when it does not
+        answer (a busy worker, a loaded machine). Raises rather than answer {}: a caller
+        comparing with a baseline it could not read would compare with nothing."""
+        deadline = time.monotonic() + timeout
+        while True:
+            stats = self.stats()
+            if stats is not None:
+                return stats["counts"]
+            if not self.web:
+                raise RuntimeError("the worker runs without /stats (CAMELEER_WEB_PORT=0)")
+            if not self.alive:
+                raise RuntimeError(f"the worker is down: no counts\n{self.log_tail()}")
+            if time.monotonic() >= deadline:
+                raise RuntimeError(f"/stats did not answer in {timeout:.0f}s")
+            time.sleep(0.2)  # poll /stats with a deadline
 
     def exit_reason(self) -> str:
         """Why the worker stopped by itself: its first CRITICAL line, else its last line."""

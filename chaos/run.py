@@ -73,6 +73,17 @@ class Tally:
     fenced: int = 0  # workers that stopped because they were fenced (from the logs)
     safety_redelivered: int = 0  # a batch began before the next offset due: dropped part
     safety_skipped: int = 0  # a batch began past it, not over transaction markers: exited
+    # every worker that stopped by itself: (slot, its start number, its exit reason)
+    crashes: list[tuple[int, int, str]] = field(default_factory=list)
+    zombies: list[tuple[int, int]] = field(default_factory=list)  # paused: (slot, start)
+
+    def unexplained_crashes(self) -> list[tuple[int, int, str]]:
+        """Crashes other than a paused worker (a zombie) stopping because it was fenced."""
+        return [
+            crash
+            for crash in self.crashes
+            if crash[:2] not in self.zombies or "fenced" not in crash[2]
+        ]
 
 
 SESSION_TIMEOUT = 10.0  # the worker's broker_session_timeout (app/worker.py)
@@ -138,6 +149,7 @@ class Chaos:
             except RuntimeError as exc:  # it stopped itself while starting: a crash
                 reason = self.worker(slot).exit_reason()
                 say(f"worker {slot} exited while starting ({exc.args[0][:40]}...): {reason}; again")
+                self.tally.crashes.append((slot, self.worker(slot).starts, reason))
                 self.tally.crashes_restarted += 1
                 if attempt == 2:
                     raise
@@ -152,6 +164,7 @@ class Chaos:
                 code = w.process.returncode
                 say(f"worker {slot} exited by itself (code {code}): {w.exit_reason()}; restarting")
                 self.keep_crash_log(slot, w)
+                self.tally.crashes.append((slot, w.starts, w.exit_reason()))
                 self.tally.crashes_restarted += 1
                 self.start_worker(slot)
 
@@ -319,6 +332,7 @@ class Chaos:
                 say(f"SIGSTOP worker {slot} past its session timeout (a zombie)")
                 self.worker(slot).pause()
                 self.tally.pauses += 1
+                self.tally.zombies.append((slot, self.worker(slot).starts))
                 until = time.monotonic() + SESSION_TIMEOUT + 6
                 while time.monotonic() < until:
                     self.supervise(others)

@@ -62,50 +62,6 @@ def grow_topic(bootstrap: str, name: str, partitions: int) -> None:
     asyncio.run(go())
 
 
-def read_to_end(bootstrap: str, topic: str, timeout: float = 30.0) -> list[Record]:
-    """Every committed record of the topic: read (read_committed) until the consumer's
-    position reaches the end offsets taken first, past any transaction marker."""
-
-    async def go():
-        consumer = AIOKafkaConsumer(
-            bootstrap_servers=bootstrap,
-            isolation_level="read_committed",
-            enable_auto_commit=False,
-            group_id=None,
-        )
-        await consumer.start()
-        try:
-            cluster = await consumer._client.fetch_all_metadata()  # fresh: a grown topic
-            tps = [TopicPartition(topic, p) for p in cluster.partitions_for_topic(topic)]
-            consumer.assign(tps)
-            await consumer.seek_to_beginning(*tps)
-            ends = await consumer.end_offsets(tps)
-            records: list[Record] = []
-            deadline = time.monotonic() + timeout
-            while True:
-                positions = {tp: await consumer.position(tp) for tp in tps}
-                if all(positions[tp] >= ends[tp] for tp in tps):
-                    return records
-                assert time.monotonic() < deadline, f"{topic}: at {positions}, ends {ends}"
-                for batch in (await consumer.getmany(timeout_ms=200)).values():
-                    records += [
-                        Record(
-                            m.topic,
-                            m.partition,
-                            m.offset,
-                            m.key,
-                            m.value,
-                            dict(m.headers or ()),
-                            m.timestamp,
-                        )
-                        for m in batch
-                    ]
-        finally:
-            await consumer.stop()
-
-    return asyncio.run(go())
-
-
 def describe_config(bootstrap: str, topic: str) -> dict[str, str]:
     from aiokafka.admin.config_resource import ConfigResource, ConfigResourceType
 
@@ -171,7 +127,11 @@ def consume_until(
     timeout: float = 60.0,
     isolation: str = "read_committed",
 ) -> list[Record]:
-    """Read the topic from the beginning until done(records) holds or the deadline passes."""
+    """Read the topic from the beginning until done(records) holds or the deadline passes.
+
+    For waiting until something is there. What it returns may stop anywhere short of
+    the topic's end, so it never shows that something is absent: `settled` does.
+    """
 
     async def go():
         consumer = AIOKafkaConsumer(
@@ -189,18 +149,7 @@ def consume_until(
             while time.monotonic() < deadline:
                 batches = await consumer.getmany(timeout_ms=200)
                 for batch in batches.values():
-                    for m in batch:
-                        records.append(
-                            Record(
-                                m.topic,
-                                m.partition,
-                                m.offset,
-                                m.key,
-                                m.value,
-                                {k: v for k, v in (m.headers or ())},
-                                m.timestamp,
-                            )
-                        )
+                    records.extend(_record(m) for m in batch)
                 if done(records):
                     return records
             return records
@@ -210,17 +159,91 @@ def consume_until(
     return asyncio.run(go())
 
 
+def _record(m) -> Record:
+    return Record(
+        m.topic,
+        m.partition,
+        m.offset,
+        m.key,
+        m.value,
+        {k: v for k, v in (m.headers or ())},
+        m.timestamp,
+    )
+
+
+def read_to_end(
+    bootstrap: str, topic: str, timeout: float = 60.0, isolation: str = "read_committed"
+) -> list[Record]:
+    """Everything in the topic so far: its end offsets are taken first, then every
+    partition is read up to them. Fails when the ends are not reached in time, so an
+    empty answer always means an empty topic, never a read that stopped early.
+
+    With read_committed the end offsets are the last stable offsets: every committed
+    transaction before them is read in full.
+    """
+
+    async def go():
+        consumer = AIOKafkaConsumer(
+            topic,
+            bootstrap_servers=bootstrap,
+            auto_offset_reset="earliest",
+            enable_auto_commit=False,
+            isolation_level=isolation,
+            group_id=None,
+        )
+        await consumer.start()
+        try:
+            deadline = time.monotonic() + timeout
+            parts = sorted(consumer.assignment())
+            while not parts:  # without a group, every partition once the metadata came
+                assert time.monotonic() < deadline, f"topic {topic}: no partitions assigned"
+                await asyncio.sleep(0.1)  # poll for the assignment
+                parts = sorted(consumer.assignment())
+            ends = await consumer.end_offsets(parts)
+            records: list[Record] = []
+            while True:
+                behind = [tp for tp in parts if await consumer.position(tp) < ends[tp]]
+                if not behind:
+                    return records
+                assert time.monotonic() < deadline, (
+                    f"{topic}: not read to its end offsets {ends} in {timeout:.0f}s"
+                )
+                batches = await consumer.getmany(*behind, timeout_ms=200)
+                for batch in batches.values():
+                    records.extend(_record(m) for m in batch if m.offset < ends[tp_of(m)])
+        finally:
+            await consumer.stop()
+
+    return asyncio.run(go())
+
+
+def tp_of(m) -> TopicPartition:
+    return TopicPartition(m.topic, m.partition)
+
+
 def for_key(records: list[Record], key: str) -> list[Record]:
     return [r for r in records if r.key == key.encode()]
 
 
-def barrier(bootstrap: str, topics: Topics, partition: int, timeout: float = 60.0) -> None:
+def wait_for(what: str, condition: Callable[[], object], timeout: float = 60.0):
+    """Poll `condition` until it returns something true (returned), or fail after `timeout`."""
+    deadline = time.monotonic() + timeout
+    while True:
+        value = condition()
+        if value:
+            return value
+        if time.monotonic() >= deadline:
+            raise AssertionError(f"timed out after {timeout:.0f}s waiting for {what}")
+        time.sleep(0.2)  # poll with a deadline
+
+
+def barrier(bootstrap: str, topics: Topics, partition: int, timeout: float = 60.0) -> str:
     """Wait until the worker has handled everything produced so far to a raw partition.
 
     A terminal-only sentinel goes to the same partition after the records under
     test; records of one partition are handled in order and their transactions
     commit in order, so once the sentinel's output is readable (read_committed),
-    every output of the earlier records is too.
+    every output of the earlier records is too. Returns the sentinel's execution id.
     """
     sentinel = f"barrier-{uuid.uuid4()}"
     produce(
@@ -231,6 +254,32 @@ def barrier(bootstrap: str, topics: Topics, partition: int, timeout: float = 60.
     )
     got = consume_until(bootstrap, topics.output, lambda rs: bool(for_key(rs, sentinel)), timeout)
     assert for_key(got, sentinel), f"barrier on partition {partition} timed out"
+    return sentinel
+
+
+def changelog(topics: Topics) -> str:
+    """The held table's changelog topic (one partition per raw partition)."""
+    return f"{topics.app_id}-held-changelog"
+
+
+def settled(bootstrap: str, topics: Topics, partitions: Iterable[int], topic: str = "") -> list:
+    """Everything the worker wrote to `topic` (the output topic by default, or the
+    changelog) for the records produced so far to the raw `partitions`.
+
+    A barrier sentinel goes to each partition, then the topic is read up to its end
+    offsets. Each sentinel must be in that read (its output record, or its marker in
+    the changelog): the positive control, read in the same pass, that the read saw
+    what the worker wrote after the records under test. What the read lacks, the
+    worker did not write for them.
+    """
+    topic = topic or topics.output
+    sentinels = [barrier(bootstrap, topics, p) for p in partitions]
+    records = read_to_end(bootstrap, topic)
+    keys = {r.key for r in records}
+    prefix = b"e" if topic == changelog(topics) else b""
+    missing = [s for s in sentinels if prefix + s.encode() not in keys]
+    assert not missing, f"the read of {topic} lacks the barrier sentinels {missing}"
+    return records
 
 
 def partition_of(execution_id: str, partitions: int = 3) -> int:

@@ -18,6 +18,7 @@ def chaos_run(tmp_path_factory):
         executions=2_000,
         seed=3,
         kills=3,
+        pauses=1,
         wipe=True,
         broker_restart=False,
         produce_seconds=15.0,
@@ -38,6 +39,11 @@ def test_kills_rebalances_and_a_wipe_lose_and_double_nothing(chaos_run):
     assert (verdict.lost, verdict.duplicated, verdict.wrong) == (0, 0, 0), verdict.problems
     # the batch path delivers every record once, in order: no safety net fired
     assert (tally.safety_redelivered, tally.safety_skipped) == (0, 0)
+    # the zombie fault ran, and the only workers that stopped by themselves are that
+    # zombie, fenced: every other exit was a kill or a SIGTERM of the run
+    assert tally.pauses == len(tally.zombies) == 1
+    assert tally.unexplained_crashes() == [], tally.crashes
+    assert len(tally.crashes) <= tally.fenced <= tally.pauses
 
 
 @pytest.mark.timeout(900)

@@ -8,13 +8,17 @@ import uuid
 import orjson
 import pytest
 
+from app.heldstate import Held, decode_state
+
 from .harness import (
-    barrier,
+    changelog,
     consume_until,
     event,
     for_key,
     partition_of,
     produce,
+    settled,
+    wait_for,
 )
 
 STALE_AFTER = 60
@@ -30,16 +34,23 @@ def new_id() -> str:
 
 
 def outputs_for(bootstrap, topics, eid: str, count: int = 1, timeout: float = 60.0):
+    """Every output record of eid once `count` of them are out: a second record of the
+    same execution, if the worker wrote one, is in the list too."""
     records = consume_until(
         bootstrap, topics.output, lambda rs: len(for_key(rs, eid)) >= count, timeout
     )
-    return for_key(records, eid)
+    assert len(for_key(records, eid)) >= count, f"{eid}: not {count} output records in time"
+    return settle(bootstrap, topics, eid)
 
 
 def settle(bootstrap, topics, eid: str):
-    """Everything the worker will ever emit for eid's records produced so far."""
-    barrier(bootstrap, topics, partition_of(eid))
-    return for_key(consume_until(bootstrap, topics.output, lambda rs: True, 5), eid)
+    """Everything the worker emitted for eid's records produced so far (a barrier on
+    eid's partition, then the output read to its end offsets beside the sentinel)."""
+    return for_key(settled(bootstrap, topics, [partition_of(eid)]), eid)
+
+
+def counter(worker, name: str) -> int:
+    return worker.counts().get(name, 0)
 
 
 def test_coalesce_merge_nulls_absent_unknown_and_nested(bootstrap, topics, worker):
@@ -103,7 +114,7 @@ def test_terminal_only_is_emitted_byte_for_byte(bootstrap, topics, worker):
 
 def test_duplicate_terminal_is_dropped_and_counted(bootstrap, topics, worker):
     eid = new_id()
-    before = worker.counts().get("duplicate_terminal", 0)
+    before = counter(worker, "duplicate_terminal")
     done = event(eid, "COMPLETED", duration_ms=5)
     produce(
         bootstrap,
@@ -113,12 +124,12 @@ def test_duplicate_terminal_is_dropped_and_counted(bootstrap, topics, worker):
     )
     outs = settle(bootstrap, topics, eid)
     assert [o.origin for o in outs] == ["merged"]
-    assert worker.counts().get("duplicate_terminal", 0) - before == 2
+    assert counter(worker, "duplicate_terminal") - before == 2
 
 
 def test_running_after_terminal_is_dropped_and_counted(bootstrap, topics, worker):
     eid = new_id()
-    before = worker.counts().get("running_after_terminal", 0)
+    before = counter(worker, "running_after_terminal")
     produce(
         bootstrap,
         topics.raw,
@@ -130,7 +141,7 @@ def test_running_after_terminal_is_dropped_and_counted(bootstrap, topics, worker
     outs = settle(bootstrap, topics, eid)
     assert [o.origin for o in outs] == ["terminal-only"]
     assert "route_id" not in outs[0].json
-    assert worker.counts().get("running_after_terminal", 0) - before == 1
+    assert counter(worker, "running_after_terminal") - before == 1
 
 
 def test_repeated_running_events_merge_later_over_earlier(bootstrap, topics, worker):
@@ -168,20 +179,47 @@ def test_stale_running_is_flushed_once_from_its_kafka_timestamp_then_merged(
     assert stale.origin == "stale-running"
     assert stale.value == old_running  # one RUNNING: its own bytes
     # Emitted once: later sweeps pass over it (wait for two more sweeps to run).
-    sweeps = worker.counts().get("sweep_rounds", 0)
-    deadline = time.monotonic() + 30
-    while worker.counts().get("sweep_rounds", 0) < sweeps + 2 and time.monotonic() < deadline:
-        time.sleep(0.2)  # poll the worker's sweep counter
-    assert worker.counts().get("sweep_rounds", 0) >= sweeps + 2
+    sweeps = counter(worker, "sweep_rounds")
+    wait_for("two more sweeps", lambda: counter(worker, "sweep_rounds") >= sweeps + 2, 30)
     assert settle(bootstrap, topics, old) == [stale]
-    # The fresh RUNNING (Kafka timestamp now) is not due yet.
+    # The fresh RUNNING (Kafka timestamp now) is not due yet: nothing out, and held.
     assert settle(bootstrap, topics, fresh) == []
+    assert_held(bootstrap, topics, fresh)
     # The terminal event still brings the full merge, after the RUNNING.
     produce(bootstrap, topics.raw, [(old.encode(), event(old, "COMPLETED", duration_ms=1))])
     outs = outputs_for(bootstrap, topics, old, count=2)
     assert [o.origin for o in outs] == ["stale-running", "merged"]
     assert outs[1].json["route_id"] == "stuck" and outs[1].json["status"] == "COMPLETED"
     assert settle(bootstrap, topics, old) == outs
+
+
+def test_a_stale_running_too_large_for_the_output_is_not_flushed_and_its_merge_dead_letters(
+    bootstrap, topics, worker
+):
+    big = new_id()
+    control = new_id()  # a small stale RUNNING on the same partition, due just after it
+    while partition_of(control) != partition_of(big):
+        control = new_id()
+    before = counter(worker, "stale_too_large")
+    long_ago = int(time.time() * 1000) - (STALE_AFTER + 30) * 1000
+    running = event(big, "RUNNING", input_body="i" * 20_000)
+    produce(bootstrap, topics.raw, [(big.encode(), running)], timestamp_ms=long_ago)
+    small = event(control, "RUNNING", route_id="small")
+    produce(bootstrap, topics.raw, [(control.encode(), small)], timestamp_ms=long_ago + 1)
+    # the sweep went past it (its control is flushed), counted, and emitted nothing for it
+    [flushed] = outputs_for(bootstrap, topics, control)
+    assert (flushed.origin, flushed.value) == ("stale-running", small)
+    assert counter(worker, "stale_too_large") - before == 1
+    assert settle(bootstrap, topics, big) == []
+    assert_held(bootstrap, topics, big)  # still held, for its terminal
+    # its terminal: the merge is too large too, the two events go to the DLQ
+    terminal = event(big, "COMPLETED", duration_ms=1)
+    produce(bootstrap, topics.raw, [(big.encode(), terminal)])
+    dlq = consume_until(bootstrap, topics.dlq, lambda rs: len(for_key(rs, big)) >= 2)
+    dead = for_key(dlq, big)
+    assert [d.value for d in dead] == [running, terminal]
+    assert {d.headers["cameleer-error"] for d in dead} == {b"too-large"}
+    assert settle(bootstrap, topics, big) == []
 
 
 def test_v2_records_pass_through_byte_for_byte(bootstrap, topics, worker):
@@ -194,11 +232,10 @@ def test_v2_records_pass_through_byte_for_byte(bootstrap, topics, worker):
     assert out.value == raw
     assert out.key == eid.encode()
     assert out.headers["h1"] == b"v1" and out.headers["h2"] == b""
-    # no execution state read or written for it
-    changelog = consume_until(
-        bootstrap, f"{topics.app_id}-held-changelog", lambda rs: False, timeout=2
-    )
-    assert not [r for r in changelog if r.key and eid.encode() in r.key]
+    # no execution state read or written for it: the changelog read past a sentinel's
+    # marker, written after it on its partition, has nothing of it
+    states = settled(bootstrap, topics, [partition_of(eid)], changelog(topics))
+    assert not [r for r in states if r.key and eid.encode() in r.key]
 
 
 def test_v2_record_with_missing_or_wrong_key_is_rekeyed(bootstrap, topics, worker):
@@ -218,9 +255,7 @@ def test_protocol_version_comes_from_the_agent_registry(bootstrap, topics, worke
         topics.agents,
         [(b"agent-v2", orjson.dumps({"agent_id": "agent-v2", "protocol_version": 2}))],
     )
-    deadline = time.monotonic() + 30
-    while (worker.stats() or {}).get("agents", 0) < 1 and time.monotonic() < deadline:
-        time.sleep(0.2)  # poll until the worker has read the registration
+    wait_for("the worker to read the registration", lambda: (worker.stats() or {}).get("agents"))
     eid = new_id()
     # a RUNNING from a registered v2 agent is passed through, not held
     raw = event(eid, "RUNNING", agent_id="agent-v2")
@@ -234,7 +269,8 @@ def test_protocol_version_comes_from_the_agent_registry(bootstrap, topics, worke
         topics.raw,
         [(own.encode(), event(own, "RUNNING", agent_id="agent-v2", protocol_version=1))],
     )
-    assert settle(bootstrap, topics, own) == []  # held as v1
+    assert settle(bootstrap, topics, own) == []  # held as v1: nothing out...
+    assert_held(bootstrap, topics, own)  # ...and in the held state
 
 
 def test_v2_record_misread_as_v1_keeps_its_content(bootstrap, topics, worker):
@@ -256,9 +292,8 @@ def test_records_with_missing_or_other_keys_still_merge(
 
     produce(bootstrap, topics.raw, [(key(running_key), event(eid, "RUNNING", route_id="r"))])
     # the RUNNING is held (via the re-key topic) before its terminal event is produced
-    changelog = f"{topics.app_id}-held-changelog"
     held = consume_until(
-        bootstrap, changelog, lambda rs: any(r.key == b"e" + eid.encode() for r in rs), 30
+        bootstrap, changelog(topics), lambda rs: any(r.key == b"e" + eid.encode() for r in rs), 30
     )
     assert any(r.key == b"e" + eid.encode() for r in held)
     produce(bootstrap, topics.raw, [(key(terminal_key), event(eid, "COMPLETED", duration_ms=3))])
@@ -266,3 +301,11 @@ def test_records_with_missing_or_other_keys_still_merge(
     assert out.origin == "merged"
     assert out.key == eid.encode()
     assert out.json["route_id"] == "r" and out.json["duration_ms"] == 3
+
+
+def assert_held(bootstrap, topics, eid: str) -> None:
+    """eid's last state in the changelog (read past a barrier) is a held RUNNING."""
+    states = settled(bootstrap, topics, [partition_of(eid)], changelog(topics))
+    mine = [r.value for r in states if r.key == b"e" + eid.encode()]
+    assert mine and mine[-1] is not None, f"{eid}: nothing held"
+    assert isinstance(decode_state(mine[-1]), Held), decode_state(mine[-1])

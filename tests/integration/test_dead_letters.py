@@ -9,7 +9,7 @@ from pathlib import Path
 import jsonschema
 import pytest
 
-from .harness import barrier, consume_until, event, for_key, produce
+from .harness import consume_until, event, for_key, partition_of, produce, settled, wait_for
 
 SCHEMAS = Path(__file__).resolve().parents[2] / "schemas"
 LIMIT = 20_000
@@ -106,8 +106,8 @@ def test_a_merge_too_large_for_the_output_goes_to_the_dlq_as_its_two_events(
     assert [d.value for d in dead] == [running, terminal]
     assert [int(d.headers["cameleer-source-offset"]) for d in dead] == [o for _, o in placed]
     assert {d.headers["cameleer-error"] for d in dead} == {b"too-large"}
-    barrier(bootstrap, topics, placed[0][0])
-    assert for_key(consume_until(bootstrap, topics.output, lambda rs: True, 3), eid) == []
+    # and nothing of it in the output (read to the end, past a sentinel sent after it)
+    assert for_key(settled(bootstrap, topics, [placed[0][0]]), eid) == []
 
 
 def test_a_v2_record_too_large_for_the_output_is_dead_lettered(bootstrap, topics, worker):
@@ -117,6 +117,32 @@ def test_a_v2_record_too_large_for_the_output_is_dead_lettered(bootstrap, topics
     dlq = consume_until(bootstrap, topics.dlq, lambda rs: bool(for_key(rs, eid)))
     [dead] = for_key(dlq, eid)
     assert dead.value == raw and dead.headers["cameleer-error"] == b"too-large"
+
+
+def test_a_waiting_rekeyed_terminal_too_large_for_the_output_is_dead_lettered(
+    bootstrap, topics, worker
+):
+    """Sent unkeyed to another partition than its own, a terminal reaches its
+    execution's partition through the re-key topic, finds nothing held and waits for
+    its RUNNING; when it is let go, too large for the output, it is dead-lettered."""
+    eid = f"bigwait-{uuid.uuid4()}"
+    own = partition_of(eid)
+    sent_to = (own + 1) % 3
+    raw = event(eid, "COMPLETED", output_body="o" * LIMIT)
+    waiting = worker.counts().get("terminal_waiting", 0)
+    produce(bootstrap, topics.raw, [(None, raw, [("trace", b"t-2")])], partition=sent_to)
+    wait_for(
+        "the terminal to wait for its RUNNING",
+        lambda: worker.counts().get("terminal_waiting", 0) > waiting,
+    )
+    dlq = consume_until(bootstrap, topics.dlq, lambda rs: any(r.value == raw for r in rs))
+    [dead] = [r for r in dlq if r.value == raw]
+    assert dead.key is None  # the original key bytes: none
+    assert dead.headers["cameleer-error"] == b"too-large"
+    assert dead.headers["trace"] == b"t-2"
+    assert int(dead.headers["cameleer-source-partition"]) == sent_to
+    # nothing of it in the output, on either partition it went through
+    assert for_key(settled(bootstrap, topics, sorted({own, sent_to})), eid) == []
 
 
 def test_real_outputs_validate_against_the_schemas(bootstrap, topics, worker):

@@ -7,11 +7,19 @@ import time
 import uuid
 from collections import defaultdict
 
-from aiokafka import AIOKafkaProducer
+from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 
-from chaos.processes import WorkerProcess
+from chaos.processes import Topics, WorkerProcess
 
-from .harness import barrier, consume_until, event
+from .harness import (
+    consume_until,
+    create_topic,
+    event,
+    partition_of,
+    read_to_end,
+    settled,
+    wait_for,
+)
 
 # A backlog of some seconds: the worker handles ~20,000 records/s, and /stats is polled
 # every 50 ms, so SIGTERM comes while most of it is still to be read.
@@ -63,9 +71,8 @@ def test_sigterm_mid_stream_loses_and_doubles_nothing(bootstrap, topics, worker,
         consume_until(
             bootstrap, topics.output, lambda rs: wanted <= {r.key for r in rs}, timeout=120
         )
-        for partition in range(3):  # and whatever else it would write for them is out too
-            barrier(bootstrap, topics, partition)
-        records = consume_until(bootstrap, topics.output, lambda rs: True, timeout=5)
+        # and whatever else it would write for them is out too: read to the end offsets
+        records = settled(bootstrap, topics, range(3))
         by_key = defaultdict(list)
         for r in records:
             if r.key in wanted:
@@ -76,3 +83,75 @@ def test_sigterm_mid_stream_loses_and_doubles_nothing(bootstrap, topics, worker,
         assert (len(lost), len(doubled), len(wrong)) == (0, 0, 0), (lost, doubled, wrong)
     finally:
         successor.stop()
+
+
+def group_offsets(bootstrap: str, group: str, topic: str) -> dict[int, int]:
+    """The consumer group's committed offsets of `topic`, partition -> offset."""
+    from aiokafka.admin import AIOKafkaAdminClient
+
+    async def go():
+        admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap)
+        await admin.start()
+        try:
+            offsets = await admin.list_consumer_group_offsets(group)
+        finally:
+            await admin.close()
+        return {tp.partition: meta.offset for tp, meta in offsets.items() if tp.topic == topic}
+
+    return asyncio.run(go())
+
+
+def raw_ends(bootstrap: str, topic: str) -> dict[int, int]:
+    async def go():
+        consumer = AIOKafkaConsumer(bootstrap_servers=bootstrap, group_id=None)
+        await consumer.start()
+        try:
+            parts = [TopicPartition(topic, p) for p in range(3)]
+            return {tp.partition: end for tp, end in (await consumer.end_offsets(parts)).items()}
+        finally:
+            await consumer.stop()
+
+    return asyncio.run(go())
+
+
+def test_sigterm_commits_what_was_handled_and_nothing_is_delivered_twice(bootstrap, tmp_path):
+    """The worker commits only every 10 minutes here, so everything it handles before
+    SIGTERM is still in its open transaction: only the graceful stop can commit it.
+    After the stop the merged records are readable (read_committed) and the group's
+    offsets cover their raw records; a new worker of the same group emits none again."""
+    names = Topics.fresh(f"term-{uuid.uuid4().hex[:8]}")
+    create_topic(bootstrap, names.raw, partitions=3)
+    env = {"CAMELEER_COMMIT_INTERVAL": "600"}
+    first = WorkerProcess(bootstrap, names, tmp_path / "first", extra_env=env)
+    first.start()
+    ids = [f"t-{i}-{uuid.uuid4()}" for i in range(30)]
+    try:
+        assert {partition_of(eid) for eid in ids} == {0, 1, 2}
+        records = []
+        for eid in ids:
+            records.append((eid.encode(), event(eid, "RUNNING", route_id="r")))
+            records.append((eid.encode(), event(eid, "COMPLETED", duration_ms=1)))
+        asyncio.run(produce_all(bootstrap, names.raw, records))
+        wait_for("the worker to merge them all", lambda: first.counts().get("merged", 0) >= 30)
+        # handled, and not committed yet: nothing readable
+        assert not [r for r in read_to_end(bootstrap, names.output) if r.key.decode() in ids]
+        code = first.stop(timeout=30)
+        assert code == 0, first.log_tail()
+    finally:
+        first.kill()
+    # committed by the stop: every merged record readable, once, and the raw offsets
+    # committed to the end (nothing left to deliver again)
+    wanted = {eid.encode() for eid in ids}
+    after_stop = [r for r in read_to_end(bootstrap, names.output) if r.key in wanted]
+    assert sorted(r.key for r in after_stop) == sorted(wanted)
+    assert {r.origin for r in after_stop} == {"merged"}
+    assert group_offsets(bootstrap, names.app_id, names.raw) == raw_ends(bootstrap, names.raw)
+    # a new worker of the same group (its own state folder) emits nothing of them again
+    second = WorkerProcess(bootstrap, names, tmp_path / "second")
+    second.start()
+    try:
+        later = [r for r in settled(bootstrap, names, range(3)) if r.key in wanted]
+        assert sorted(r.key for r in later) == sorted(wanted)
+        assert second.counts().get("merged", 0) == 0
+    finally:
+        second.stop()

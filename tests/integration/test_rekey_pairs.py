@@ -7,7 +7,7 @@ from __future__ import annotations
 import time
 import uuid
 
-from .harness import consume_until, event, for_key, partition_of, produce
+from .harness import consume_until, event, for_key, partition_of, produce, settled
 
 GRACE = 60.0  # CAMELEER_REKEY_GRACE's default: the tests must finish well before it
 
@@ -16,6 +16,14 @@ def others(eid: str, partitions: int = 3) -> list[int]:
     """Raw partitions other than the execution's own: both records travel."""
     own = partition_of(eid, partitions)
     return [p for p in range(partitions) if p != own]
+
+
+def all_of(bootstrap, topics, eid: str):
+    """Every output record of eid once one is out: read to the end offsets, past a
+    sentinel on each raw partition (the pair crossed them all)."""
+    got = consume_until(bootstrap, topics.output, lambda rs: bool(for_key(rs, eid)), timeout=30)
+    assert for_key(got, eid), f"no output for {eid}"
+    return for_key(settled(bootstrap, topics, range(3)), eid)
 
 
 def wait_for_count(worker, name: str, at_least: int, timeout: float = 30.0) -> None:
@@ -46,8 +54,7 @@ def test_terminal_first_waits_for_its_running_and_merges(bootstrap, topics, work
         [(None, event(eid, "RUNNING", route_id="orders", agent_id="a-1", start_time="t0"))],
         partition=a,
     )
-    got = consume_until(bootstrap, topics.output, lambda rs: bool(for_key(rs, eid)), timeout=30)
-    [out] = for_key(got, eid)
+    [out] = all_of(bootstrap, topics, eid)
     assert out.origin == "merged"
     assert out.json == {
         "execution_id": eid,
@@ -65,8 +72,7 @@ def test_running_first_merges_as_always(bootstrap, topics, worker):
     a, b = others(eid)
     produce(bootstrap, topics.raw, [(None, event(eid, "RUNNING", route_id="r2"))], partition=a)
     produce(bootstrap, topics.raw, [(None, event(eid, "COMPLETED", duration_ms=1))], partition=b)
-    got = consume_until(bootstrap, topics.output, lambda rs: bool(for_key(rs, eid)), timeout=30)
-    [out] = for_key(got, eid)
+    [out] = all_of(bootstrap, topics, eid)
     assert out.origin == "merged" and out.json["route_id"] == "r2"
 
 
@@ -82,5 +88,4 @@ def test_a_lone_rekeyed_terminal_goes_out_once_the_rekey_topic_is_known_complete
     # let go by the re-key progress (a few sweep rounds), not by the 60 s grace
     assert time.monotonic() - sent < GRACE / 2
     # and nothing came after it
-    later = consume_until(bootstrap, topics.output, lambda rs: False, timeout=2)
-    assert len(for_key(later, eid)) == 1
+    assert for_key(settled(bootstrap, topics, range(3)), eid) == [out]

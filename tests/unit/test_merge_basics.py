@@ -142,6 +142,7 @@ class Store:
         self.rules = rules
         self.data: dict[bytes, bytes] = {}
         self.outputs: list[merge.Output] = []
+        self.dead: list[merge.DeadLetter] = []
         self.counters: list[str] = []
         self.notes: list[str] = []
 
@@ -152,6 +153,7 @@ class Store:
             else:
                 self.data[key] = value
         self.outputs += decision.outputs
+        self.dead += decision.dead
         self.counters.append(decision.counter)
         if decision.note:
             self.notes.append(decision.note)
@@ -272,6 +274,40 @@ def test_a_held_running_is_flushed_then_leaves_the_state_after_its_retention():
     store.read({"execution_id": "stuck", "status": "COMPLETED"}, held.due_ms + 1, held.due_ms + 1)
     assert store.statuses("stuck") == ["RUNNING", "COMPLETED"]
     assert store.outputs[-1].origin == merge.TERMINAL_ONLY
+
+
+def test_a_stale_running_too_large_for_the_output_is_not_flushed_and_its_merge_dead_letters():
+    """A held RUNNING whose stale record would exceed max_record_bytes: the flush emits
+    nothing (counted `stale_too_large`) but the RUNNING stays held, indexed for its
+    retention like a flushed one; its terminal's merge, too large as well, goes to the
+    DLQ as the two original events."""
+    rules = merge.Rules(
+        stale_after_ms=RETAINING.stale_after_ms,
+        held_retention_ms=RETAINING.held_retention_ms,
+        max_record_bytes=10_000,
+    )
+    store = Store(rules)
+    big = {"execution_id": "big", "status": "RUNNING", "input_body": "i" * 10_000}
+    small = {"execution_id": "small", "status": "RUNNING", "input_body": "i" * 100}
+    store.read(big, 1_000, 1_000)
+    store.read(small, 1_000, 1_000)
+    assert sorted(store.sweep(1_000 + rules.stale_after_ms)) == ["stale_flushed", "stale_too_large"]
+    assert (store.statuses("big"), store.statuses("small")) == ([], ["RUNNING"])
+    assert store.dead == []  # the RUNNING itself is not dead: its terminal may still come
+    held = decode_state(store.data[state_key("big")])
+    assert isinstance(held, Held) and held.stale_emitted
+    assert held.due_ms == 1_000 + rules.held_retention_ms
+    assert sorted(k for k in store.data if k.endswith(b"big") and k[:1] == b"i") == [
+        index_key(held.due_ms, "big")
+    ]
+    now = 2 * rules.stale_after_ms
+    done = store.read({"execution_id": "big", "status": "COMPLETED"}, now, now)
+    assert (done.counter, done.outputs) == ("too_large", [])
+    assert [(d.reason, orjson.loads(d.source.value)["status"]) for d in store.dead] == [
+        (merge.TOO_LARGE, "RUNNING"),
+        (merge.TOO_LARGE, "COMPLETED"),
+    ]
+    assert isinstance(decode_state(store.data[state_key("big")]), Marker)
 
 
 def test_a_terminal_for_a_flushed_running_removes_its_retention_entry():

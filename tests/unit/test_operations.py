@@ -210,3 +210,16 @@ def test_the_web_host_binds_and_the_advertised_host_defaults_sensibly():
     assert (local.web_host, local.web_advertised_host) == ("127.0.0.1", "127.0.0.1")
     pod = Settings.from_env({"CAMELEER_WEB_ADVERTISED_HOST": "10.1.2.3"})
     assert (pod.web_host, pod.web_advertised_host) == ("0.0.0.0", "10.1.2.3")
+
+
+def test_the_chaos_tally_explains_only_a_paused_workers_fenced_exit():
+    from chaos.run import Tally
+
+    fenced = "[CRITICAL] fenced: this worker no longer owns its partitions: ..."
+    tally = Tally(zombies=[(1, 2)])
+    tally.crashes = [(1, 2, fenced)]
+    assert tally.unexplained_crashes() == []
+    # the same worker's next start, another worker, or another reason: unexplained
+    others = [(1, 3, fenced), (0, 2, fenced), (1, 2, "[CRITICAL] commit failed: ...")]
+    tally.crashes += others
+    assert tally.unexplained_crashes() == others

@@ -4,6 +4,8 @@ through the re-key topic (app.merge `Pending`), and the re-key progress that let
 
 from __future__ import annotations
 
+import struct
+
 import orjson
 from aiokafka import TopicPartition
 
@@ -197,6 +199,21 @@ def test_a_duplicate_of_a_waiting_terminal_is_dropped_and_no_grace_means_no_wait
         assert merge.decide(ev, None, no_wait, 5_000, rekeyed).counter == "terminal_only"
 
 
+def test_a_waiting_terminal_too_large_for_the_output_is_dead_lettered_when_let_go():
+    st = State()
+    big = {**DONE, "output_body": "o" * RULES.max_record_bytes}
+    waiting = st.decide(event(big, topic="rekey", headers=(TRACE,)), now=5_000, rekeyed=True)
+    assert waiting.counter == "terminal_waiting"
+    [released] = st.sweep(now=6_500, safe_ms=5_000)
+    assert (released.counter, released.outputs) == ("too_large", [])
+    [dead] = released.dead
+    assert dead.reason == merge.TOO_LARGE
+    assert (dead.source.value, dead.source.headers) == (orjson.dumps(big), (TRACE,))
+    # it went: a marker, and a late RUNNING is dropped
+    assert st.index() == [6_500 + RULES.marker_ms]
+    assert st.decide(event(RUNNING), now=7_000, rekeyed=False).counter == "running_after_terminal"
+
+
 def test_a_pending_terminal_keeps_its_bytes_headers_and_runnings_through_the_store():
     terminal = Source("raw", 4, 99, 1_234, b"wrong-key", b'{"x":1}', (("a", b"1"), ("b", None)))
     running = Source("raw", 1, 5, 1_000, None, b'{"y":2}')
@@ -209,8 +226,6 @@ def test_a_pending_terminal_keeps_its_bytes_headers_and_runnings_through_the_sto
 
 def test_a_pending_terminal_in_the_earlier_layout_is_still_read():
     """A changelog written before the wait took RUNNING events along: `P` records."""
-    import struct
-
     terminal = Source("raw", 4, 99, 1_234, None, b'{"x":1}')
     old = (
         b"P"
