@@ -26,6 +26,13 @@ def main(argv: list[str] | None = None) -> int:
         help="share of v1 executions sent as unkeyed RUNNING/terminal pairs, back to back, "
         "to two different partitions (default 0.02)",
     )
+    parser.add_argument(
+        "--brokers",
+        type=int,
+        default=1,
+        help="1: one broker, restarted mid-stream; 3: a cluster (replication 3, "
+        "min.insync.replicas 2), one broker SIGKILLed mid-stream and restarted",
+    )
     parser.add_argument("--no-recovery", action="store_true", help="skip the recovery figure")
     parser.add_argument(
         "--no-downstream", action="store_true", help="skip the ClickHouse and Parquet phase"
@@ -41,6 +48,7 @@ def main(argv: list[str] | None = None) -> int:
         guarantee=args.guarantee,
         downstream=not args.no_downstream,
         unkeyed_pair_share=args.unkeyed_pairs,
+        brokers=args.brokers,
     )
     code = main_run(config)
     if not args.no_recovery:
