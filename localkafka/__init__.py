@@ -201,13 +201,17 @@ class Broker:
             if self.process:
                 self.process.wait()
 
-    def restart(self, timeout: float = 90.0) -> None:
+    def restart(self, timeout: float = 90.0, wait: bool = True) -> None:
         """Start the stopped (or killed) broker again on its ports and data; return once
-        it serves."""
+        it serves (or at once with wait=False: then `wait_started`)."""
         assert not self.alive, "the broker still runs"
-        since = _log_size(self.log_file)
+        self._since = _log_size(self.log_file)
         _launch(self, detach=self.process is None)
-        _wait_started(self, since, timeout)
+        if wait:
+            self.wait_started(timeout)
+
+    def wait_started(self, timeout: float = 90.0) -> None:
+        _wait_started(self, getattr(self, "_since", 0), timeout)
 
 
 @dataclass

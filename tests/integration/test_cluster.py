@@ -3,7 +3,9 @@ an internal topic made with fewer replicas is named at start, and a broker SIGKI
 mid-stream costs no execution.
 
 The cluster (localkafka.start_cluster: three broker+controller nodes, internal topics
-replicated three times, min.insync.replicas=2) is started for this module only.
+replicated three times, min.insync.replicas=2) is started for this module only. Its
+three JVMs take the module to about a minute and a half on two loaded cores, past the
+budget of `make test`: `make test-cluster` runs it (marker `cluster`).
 """
 
 from __future__ import annotations
@@ -28,7 +30,7 @@ from chaos.processes import Topics, WorkerProcess
 
 from .harness import consume_until, event
 
-pytestmark = pytest.mark.integration
+pytestmark = [pytest.mark.integration, pytest.mark.cluster]
 
 
 @pytest.fixture(scope="module")
@@ -148,9 +150,9 @@ def test_a_broker_killed_mid_stream_costs_no_execution(cluster, merging):
             await producer.stop()
 
     started = time.monotonic()
-    asyncio.run(agents())
+    asyncio.run(agents())  # every record acknowledged by the two brokers left
     assert not victim.alive
-    victim.restart()
+    victim.restart(wait=False)  # back while the output is read
     expected = {k.encode() for k in keys}
     got = consume_until(
         cluster.bootstrap,
@@ -163,4 +165,5 @@ def test_a_broker_killed_mid_stream_costs_no_execution(cluster, merging):
     assert len(terminals) == count  # none twice
     assert all(r.json["duration_ms"] == int(r.key[3:]) for r in terminals)  # none wrong
     assert worker.alive and worker.starts == 1, worker.log_tail()
+    victim.wait_started()
     print(f"broker loss case: {time.monotonic() - started:.1f} s")
