@@ -35,7 +35,9 @@ from pathlib import Path
 
 from .tls import Certificates
 
-KAFKA_VERSION = "3.9.2"
+# CAMELEER_KAFKA_VERSION runs another release (e.g. 4.1.2: the 4.x checks of
+# docs/production-cluster.md); each version has its own folder of jars.
+KAFKA_VERSION = os.environ.get("CAMELEER_KAFKA_VERSION", "3.9.2")
 PACKAGE_DIR = Path(__file__).resolve().parent
 PROJECT_DIR = PACKAGE_DIR.parent
 CACHE_DIR = Path(os.environ.get("CAMELEER_CACHE_DIR", PROJECT_DIR / ".cache"))
