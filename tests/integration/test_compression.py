@@ -64,8 +64,9 @@ def java_console_producer(bootstrap: str, topic: str, codec: str) -> subprocess.
             bootstrap,
             "--topic",
             topic,
-            "--producer-property",
-            f"compression.type={codec}",
+            # its own option: it overrides a --producer-property compression.type
+            "--compression-codec",
+            codec,
             "--producer-property",
             "linger.ms=200",
             "--producer-property",
