@@ -16,7 +16,7 @@ help:
 	@echo "make demo        one minute: broker, worker, simulated agents and tail, then a summary"
 	@echo "make chaos       kill/rebalance/wipe/broker-restart run, then the recovery figure"
 	@echo "                 (CHAOS_ARGS=\"--brokers 3\": a cluster, one broker SIGKILLed mid-stream)"
-	@echo "make bench       throughput vs a passthrough ceiling, latency, RSS (BENCH_ARGS=...)"
+	@echo "make bench       throughput vs a passthrough ceiling, latency, RSS, codecs (BENCH_ARGS=...)"
 	@echo "make kafka-up / kafka-down   the local broker on its own"
 
 $(STAMP): pyproject.toml

@@ -39,6 +39,9 @@ def main(argv: list[str] | None = None) -> int:
     )
     parser.add_argument("--recovery-executions", type=int, default=100_000)
     args = parser.parse_args(argv)
+    if args.brokers == 2 or args.brokers < 1:
+        # two replicas with min.insync.replicas 2: one broker lost stops every write
+        parser.error("--brokers must be 1, or 3 or more")
     config = ChaosConfig(
         executions=args.executions,
         seed=args.seed,
