@@ -4,7 +4,7 @@ mid-stream costs no execution.
 
 The cluster (localkafka.start_cluster: three broker+controller nodes, internal topics
 replicated three times, min.insync.replicas=2) is started for this module only. Its
-three JVMs take the module to about a minute and a half on two loaded cores, past the
+three JVMs take the module to one to three minutes on two loaded cores, past the
 budget of `make test`: `make test-cluster` runs it (marker `cluster`).
 """
 
