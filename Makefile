@@ -5,16 +5,18 @@ VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed-stamp
 
-.PHONY: run test test-unit lint format demo chaos bench kafka-up kafka-down kafka-status jars clean help
+.PHONY: run test test-unit test-cluster lint format demo chaos bench kafka-up kafka-down kafka-status jars clean help
 
 help:
 	@echo "make run         start a local broker if none answers, then the worker"
-	@echo "make test        every test, against a broker started for the session"
+	@echo "make test        every test but the cluster ones, against a broker started for the session"
 	@echo "make test-unit   only the fast tests (no Kafka)"
+	@echo "make test-cluster  the three-broker cluster tests (replication, a broker lost)"
 	@echo "make lint        ruff check and format check"
 	@echo "make demo        one minute: broker, worker, simulated agents and tail, then a summary"
 	@echo "make chaos       kill/rebalance/wipe/broker-restart run, then the recovery figure"
-	@echo "make bench       throughput vs a passthrough ceiling, latency, RSS (BENCH_ARGS=...)"
+	@echo "                 (CHAOS_ARGS=\"--brokers 3\": a cluster, one broker SIGKILLed mid-stream)"
+	@echo "make bench       throughput vs a passthrough ceiling, latency, RSS, codecs (BENCH_ARGS=...)"
 	@echo "make kafka-up / kafka-down   the local broker on its own"
 
 $(STAMP): pyproject.toml
@@ -30,7 +32,10 @@ run: jars
 	@$(PY) -m localkafka run -- $(VENV)/bin/cameleer-merger
 
 test: jars
-	$(PY) -m pytest -q $(PYTEST_ARGS)
+	$(PY) -m pytest -q -m "not cluster" $(PYTEST_ARGS)
+
+test-cluster: jars
+	$(PY) -m pytest -q -m cluster $(PYTEST_ARGS)
 
 test-unit: $(STAMP)
 	$(PY) -m pytest -q tests/unit $(PYTEST_ARGS)

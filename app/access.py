@@ -186,6 +186,7 @@ class TopicInfo:
     error_code: int
     partitions: int
     operations: int  # bit field of AclOperation codes
+    replicas: int = 0  # the fewest replicas any of its partitions has
 
     @property
     def exists(self) -> bool:
@@ -204,10 +205,13 @@ def _allows(operations: int, operation: str) -> bool:
 async def describe_topics(
     admin: AIOKafkaAdminClient, names: list[str]
 ) -> tuple[dict[str, TopicInfo], int]:
-    """Each topic's partition count and authorized operations; and how many brokers there are."""
+    """Each topic's partition count, replication and authorized operations; and how many
+    brokers there are."""
     response = await admin._send_request(_TopicsWithOperations(names))
     infos = {
-        name: TopicInfo(name, code, len(partitions or ()), ops)
+        name: TopicInfo(
+            name, code, len(partitions or ()), ops, min((len(p[4]) for p in partitions), default=0)
+        )
         for code, name, _internal, partitions, ops in response.topics
     }
     return infos, len(response.brokers)

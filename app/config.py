@@ -11,6 +11,12 @@ from pathlib import Path
 from .connection import DEFAULT_BOOTSTRAP, Connection
 from .connection import OPTIONS as CONNECTION_OPTIONS
 
+# Every codec Kafka has (aiokafka reads and writes snappy, lz4 and zstd with cramjam).
+COMPRESSIONS = ("none", "gzip", "snappy", "lz4", "zstd")
+# Replicas of the worker's topics when CAMELEER_REPLICATION_FACTOR is unset (fewer when
+# the cluster has fewer brokers): one broker down still leaves two copies.
+DEFAULT_REPLICATION = 3
+
 
 @dataclass(frozen=True)
 class Option:
@@ -98,7 +104,14 @@ SETTINGS_OPTIONS = (
         "CAMELEER_COMPRESSION",
         "--compression",
         "none",
-        "producer compression: none or gzip",
+        "compression of the worker's produce batches: none, gzip, snappy, lz4 or zstd",
+    ),
+    Option(
+        "CAMELEER_REPLICATION_FACTOR",
+        "--replication-factor",
+        "",
+        "replicas of every topic the worker (or Faust) creates, the state's changelog "
+        "included (default: 3, or the number of brokers when fewer)",
     ),
 )
 OPTIONS = SETTINGS_OPTIONS + tuple(Option(*o) for o in CONNECTION_OPTIONS)
@@ -127,11 +140,16 @@ class Settings:
     commit_interval: float
     batch_max: int
     compression: str
+    replication_factor: int | None  # None: min(3, brokers), decided when connected
     connection: Connection  # bootstrap servers and security: every client connects with it
 
     @property
     def exactly_once(self) -> bool:
         return self.processing_guarantee == "exactly_once"
+
+    def replication(self, brokers: int) -> int:
+        """Replicas of each topic the worker creates, on a cluster of `brokers` brokers."""
+        return self.replication_factor or min(DEFAULT_REPLICATION, max(1, brokers))
 
     @classmethod
     def from_env(cls, env: dict[str, str] | None = None) -> Settings:
@@ -179,6 +197,9 @@ class Settings:
                 commit_interval=float(raw["commit_interval"]),
                 batch_max=int(raw["batch_max"]),
                 compression=raw["compression"].strip().lower(),
+                replication_factor=int(raw["replication_factor"])
+                if raw["replication_factor"].strip()
+                else None,
                 connection=connection,
             )
         except ValueError as exc:
@@ -198,10 +219,13 @@ class Settings:
             raise ValueError("CAMELEER_COMMIT_INTERVAL must be positive")
         if settings.batch_max < 1:
             raise ValueError("CAMELEER_BATCH_MAX must be at least 1")
-        if settings.compression not in ("none", "gzip"):
+        if settings.compression not in COMPRESSIONS:
             raise ValueError(
-                f"CAMELEER_COMPRESSION must be none or gzip, not {settings.compression!r}"
+                f"CAMELEER_COMPRESSION must be one of {', '.join(COMPRESSIONS)}, "
+                f"not {settings.compression!r}"
             )
+        if settings.replication_factor is not None and settings.replication_factor < 1:
+            raise ValueError("CAMELEER_REPLICATION_FACTOR must be at least 1 (or unset)")
         return settings
 
 

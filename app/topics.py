@@ -56,7 +56,32 @@ async def _create(
         if code not in (0, TopicAlreadyExistsError.errno):  # already there: another worker won
             detail = message[0] if message and message[0] else f"error code {code}"
             raise RuntimeError(f"could not create topic {name}: {detail}")
-    log.info("created topic %s (%d partitions, %s)", name, partitions, config)
+    log.info(
+        "created topic %s (%d partitions, %d replicas, %s)", name, partitions, replication, config
+    )
+
+
+def warn_under_replicated(infos: dict[str, access.TopicInfo], names, replication: int) -> list:
+    """One warning per existing topic of the worker's with fewer replicas than asked.
+
+    Kafka never adds replicas to an existing topic by itself: the operator reassigns
+    its partitions. Returned as well as logged, for the tests.
+    """
+    warnings = []
+    for name in names:
+        info = infos[name]
+        if info.exists and info.replicas < replication:
+            warnings.append(
+                f"topic {name} has {info.replicas} replica{'s' if info.replicas != 1 else ''} "
+                f"per partition, fewer than the {replication} asked "
+                "(CAMELEER_REPLICATION_FACTOR): a lost broker can lose what only it holds. "
+                "Kafka does not add replicas by itself: give the topic more with "
+                "kafka-reassign-partitions --reassignment-json-file ... --execute "
+                "(see docs/production-cluster.md)"
+            )
+    for warning in warnings:
+        log.warning(warning)
+    return warnings
 
 
 @dataclass(frozen=True)
@@ -66,6 +91,7 @@ class Layout:
     dlq_partitions: int
     state_partitions: int  # re-key and changelog topics: fixed for the deployment
     output_partitions: int
+    replication: int = 1  # replicas of the topics the worker and Faust create
 
 
 GUIDE = "docs/growing-topics.md"
@@ -120,7 +146,12 @@ async def _prepare(admin: AIOKafkaAdminClient, settings: Settings) -> Layout:
     names = [settings.raw_topic, settings.agents_topic, settings.output_topic]
     names += [settings.dlq_topic, rekey, changelog, leader]
     infos, brokers = await access.describe_topics(admin, names)
-    replication = min(3, brokers)
+    replication = settings.replication(brokers)
+    if replication > brokers:
+        raise RuntimeError(
+            f"CAMELEER_REPLICATION_FACTOR is {replication} but the cluster has {brokers} "
+            f"broker{'s' if brokers != 1 else ''}: a topic cannot have more replicas than brokers"
+        )
     raw_info = infos[settings.raw_topic]
     if raw_info.error_code == access.TOPIC_AUTHORIZATION_FAILED:
         raise raw_grant.denied(principal, "Read", settings.raw_topic)
@@ -154,6 +185,10 @@ async def _prepare(admin: AIOKafkaAdminClient, settings: Settings) -> Layout:
             created = True
     if created:
         infos, _ = await access.describe_topics(admin, names)
+    # the worker's own topics; the raw and agents topics are ops' to replicate
+    warn_under_replicated(
+        infos, [settings.output_topic, settings.dlq_topic, rekey, changelog, leader], replication
+    )
     for name, _partitions, _config, grant in wanted:
         await access.check_topic(admin, principal, grant, infos[name])
     # Faust makes these two itself; they need Create while they do not exist
@@ -184,4 +219,5 @@ async def _prepare(admin: AIOKafkaAdminClient, settings: Settings) -> Layout:
         infos[settings.dlq_topic].partitions or raw,
         state,
         infos[settings.output_topic].partitions or raw,
+        replication,
     )

@@ -153,7 +153,9 @@ def create_app(settings: Settings, layout: Layout) -> faust.App:
         web_bind=settings.web_host,  # where the endpoints listen
         web_host=settings.web_advertised_host,  # where other workers reach them (routing)
         topic_partitions=partitions,
-        topic_replication_factor=1,
+        # the changelog and the assignor's leader topic, which Faust creates itself:
+        # replicated like the worker's own topics (app.topics)
+        topic_replication_factor=layout.replication,
         key_serializer=RAW,
         value_serializer=RAW,
         consumer_auto_offset_reset="earliest",

@@ -8,7 +8,9 @@ local one started for the run) and fresh topics per phase:
   `cameleer-merger` process both read all of it; events/s of each and the ratio b/a;
 - latency: a producer at fixed rates, a read_committed consumer, produce-to-readable
   percentiles of the merged records;
-- memory: the worker's peak RSS while holding N RUNNING executions.
+- memory: the worker's peak RSS while holding N RUNNING executions;
+- compression: the CPU each codec costs the worker's producer and a consumer per
+  record, and the bytes it saves, as ratios against no compression.
 
 Every figure is printed, compared with its target, and written to
 `bench/results/bench-<timestamp>.json` with a PNG chart beside it.

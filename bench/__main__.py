@@ -34,6 +34,9 @@ def parse(argv: list[str] | None) -> argparse.Namespace:
     only.add_argument("--latency-only", action="store_true")
     only.add_argument("--throughput-only", action="store_true")
     only.add_argument("--hold-only", action="store_true", help="only the RSS-while-holding check")
+    only.add_argument(
+        "--compression-only", action="store_true", help="only the CPU and bytes of each codec"
+    )
     p.add_argument("--rates", default="1000,5000,10000", help="latency rates, events/s")
     p.add_argument("--latency-seconds", type=float, default=20.0, help="measured, per rate")
     p.add_argument("--warmup-seconds", type=float, default=5.0, help="excluded, per rate")
@@ -48,6 +51,12 @@ def parse(argv: list[str] | None) -> argparse.Namespace:
         action="store_true",
         help="py-spy the worker for 20 s during the throughput run; hot spots in the report",
     )
+    p.add_argument(
+        "--compression-executions",
+        type=int,
+        default=20_000,
+        help="workload of the codec comparison, written once per codec (0 skips it)",
+    )
     p.add_argument("--keep", action="store_true", help="keep the work folder and topics")
     p.add_argument(
         "--no-plain-loop",
@@ -61,9 +70,11 @@ def parse(argv: list[str] | None) -> argparse.Namespace:
 
 def main(argv: list[str] | None = None) -> int:
     args = parse(argv)
-    do_throughput = not (args.latency_only or args.hold_only)
-    do_latency = not (args.throughput_only or args.hold_only)
-    do_hold = not (args.latency_only or args.throughput_only) and args.hold > 0
+    one = args.latency_only or args.throughput_only or args.hold_only or args.compression_only
+    do_throughput = args.throughput_only or not one
+    do_latency = args.latency_only or not one
+    do_hold = (args.hold_only or not one) and args.hold > 0
+    do_compression = (args.compression_only or not one) and args.compression_executions > 0
     run_dir = WORK_DIR / uuid.uuid4().hex[:8]
     run_dir.mkdir(parents=True, exist_ok=True)
     result: dict = {
@@ -85,6 +96,12 @@ def main(argv: list[str] | None = None) -> int:
                 result["latency"] = asyncio.run(latency(kafka, args, run_dir))
             if do_hold:
                 result["hold"] = asyncio.run(hold(kafka, args, run_dir))
+            if do_compression:
+                from .compression import compression
+
+                result["compression"] = asyncio.run(
+                    compression(kafka, args.seed, args.compression_executions)
+                )
     finally:
         if not args.keep:
             shutil.rmtree(run_dir, ignore_errors=True)

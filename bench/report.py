@@ -307,6 +307,10 @@ def text(result: dict) -> str:
             + (f", {per:,.0f} bytes per held execution" if per is not None else "")
             + f"; state on disk {mb(hold['state_bytes']):,.1f} MB",
         ]
+    if result.get("compression"):
+        from .compression import text as compression_text
+
+        lines += compression_text(result["compression"])
     lines += ["", "targets (2-core machine, broker included, exactly_once on):"]
     for t in result["targets"]:
         miss = f", missed by {t['missed_by_pct']:.1f}%" if t["missed_by_pct"] is not None else ""

@@ -34,12 +34,22 @@ def main(argv: list[str] | None = None) -> int:
         help="share of executions keyed badly: no key, a wrong key, or one phase keyed and "
         "the other not, in equal parts (default 0.03)",
     )
+    parser.add_argument(
+        "--brokers",
+        type=int,
+        default=1,
+        help="1: one broker, restarted mid-stream; 3: a cluster (replication 3, "
+        "min.insync.replicas 2), one broker SIGKILLed mid-stream and restarted",
+    )
     parser.add_argument("--no-recovery", action="store_true", help="skip the recovery figure")
     parser.add_argument(
         "--no-downstream", action="store_true", help="skip the ClickHouse and Parquet phase"
     )
     parser.add_argument("--recovery-executions", type=int, default=100_000)
     args = parser.parse_args(argv)
+    if args.brokers == 2 or args.brokers < 1:
+        # two replicas with min.insync.replicas 2: one broker lost stops every write
+        parser.error("--brokers must be 1, or 3 or more")
     config = ChaosConfig(
         executions=args.executions,
         seed=args.seed,
@@ -50,6 +60,7 @@ def main(argv: list[str] | None = None) -> int:
         downstream=not args.no_downstream,
         unkeyed_pair_share=args.unkeyed_pairs,
         unkeyed_share=args.unkeyed,
+        brokers=args.brokers,
     )
     code = main_run(config)
     if not args.no_recovery:

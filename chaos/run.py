@@ -1,5 +1,6 @@
 """The fault-injection run: a seeded workload produced while workers are killed,
-scaled, wiped and the broker restarted; then every execution is verified."""
+scaled, wiped and the broker restarted (on a cluster: one broker SIGKILLed, then
+brought back); then every execution is verified."""
 
 from __future__ import annotations
 
@@ -55,6 +56,10 @@ class ChaosConfig:
     max_workers: int = 3
     wipe: bool = True
     broker_restart: bool = True
+    # 1: one broker, restarted in order mid-stream. 3: a cluster (replication 3,
+    # min.insync.replicas 2), one of whose brokers is SIGKILLed mid-stream and restarted
+    brokers: int = 1
+    broker_down_seconds: float = 15.0  # how long the killed broker stays down
     work_dir: Path = field(default_factory=lambda: localkafka.CACHE_DIR / "chaos")
     settle_timeout: float = 600.0
     guarantee: str = "exactly_once"
@@ -67,6 +72,7 @@ class Tally:
     rebalances: int = 0
     wipes: int = 0
     broker_restarts: int = 0
+    broker_kills: int = 0  # cluster: a broker SIGKILLed mid-stream, then restarted
     crashes_restarted: int = 0
     # the engine's safety nets (app/engine.py, "safety net" log lines): each should stay 0
     pauses: int = 0
@@ -102,6 +108,7 @@ class Chaos:
         self.topics = Topics.fresh(self.run_id)
         self.tally = Tally()
         self.broker: localkafka.Broker | None = None
+        self.cluster: localkafka.Cluster | None = None  # --brokers 2 or more
         self.workers: list[WorkerProcess] = []
         self.produced = 0
         self.lock = threading.Lock()
@@ -112,12 +119,38 @@ class Chaos:
     # ---- the broker and the workers -------------------------------------------------
     @property
     def kafka(self) -> Connection:
-        """How every client of the run connects: to the run's own local broker."""
-        return Connection(bootstrap_servers=self.broker.bootstrap)
+        """How every client of the run connects: to the run's own local broker(s)."""
+        where = self.cluster.bootstrap if self.cluster else self.broker.bootstrap
+        return Connection(bootstrap_servers=where)
+
+    @property
+    def replication(self) -> int:
+        return min(3, self.config.brokers)
 
     def start_broker(self) -> None:
+        if self.config.brokers > 1:
+            self.cluster = localkafka.start_cluster(self.dir / "kafka", self.config.brokers)
+            say(f"cluster of {self.config.brokers} brokers up at {self.cluster.bootstrap}")
+            return
         self.broker = localkafka.start(data_dir=self.dir / "kafka")
         say(f"broker up at {self.broker.bootstrap}")
+
+    def kill_broker(self, wanted: set[int]) -> None:
+        """SIGKILL one broker of the cluster while the agents produce and the workers
+        merge; keep supervising the workers while it is down; then restart it."""
+        assert self.cluster is not None
+        victim = self.rng.choice(self.cluster.brokers)
+        with self.lock:
+            sent = self.produced
+        say(f"SIGKILL broker {victim.node_id} ({victim.bootstrap}; {sent} records sent so far)")
+        victim.kill()
+        self.tally.broker_kills += 1
+        until = time.monotonic() + self.config.broker_down_seconds
+        while time.monotonic() < until:
+            self.supervise(wanted)
+            time.sleep(0.5)  # poll the workers while the cluster runs on two brokers
+        say(f"restarting broker {victim.node_id}")
+        victim.restart()
 
     def restart_broker(self) -> None:
         assert self.broker is not None
@@ -188,8 +221,13 @@ class Chaos:
         try:
             await admin.create_topics(
                 [
-                    NewTopic(self.topics.raw, self.config.partitions, 1),
-                    NewTopic(self.topics.agents, 1, 1, topic_configs={"cleanup.policy": "compact"}),
+                    NewTopic(self.topics.raw, self.config.partitions, self.replication),
+                    NewTopic(
+                        self.topics.agents,
+                        1,
+                        self.replication,
+                        topic_configs={"cleanup.policy": "compact"},
+                    ),
                 ]
             )
         finally:
@@ -293,6 +331,10 @@ class Chaos:
         if cfg.broker_restart:
             plan.append("broker")
         self.rng.shuffle(plan)
+        if self.cluster is not None and "broker" in plan:
+            # a third of the way in: the agents are still producing when the broker dies
+            plan.remove("broker")
+            plan.insert(len(plan) // 3, "broker")
         wanted = {0}
         gap = cfg.produce_seconds / (len(plan) + 1)
         for action in plan:
@@ -349,6 +391,8 @@ class Chaos:
                 self.tally.wipes += 1
                 self.start_worker(slot)
                 self.tally.rebalances += 1
+            elif action == "broker" and self.cluster is not None:
+                self.kill_broker(wanted)
             elif action == "broker":
                 say("restarting the broker")
                 self.restart_broker()
@@ -463,7 +507,7 @@ class Chaos:
         from downstream.phase import check
 
         return check(
-            self.broker.bootstrap,
+            self.kafka.bootstrap_servers,
             self.topics.output,
             self.topics.raw,
             self.dir / "downstream",
@@ -538,6 +582,8 @@ class Chaos:
                 w.kill()
             if self.broker:
                 self.broker.stop()
+            if self.cluster:
+                self.cluster.stop()
             if self.keep:
                 say(f"logs and data kept in {self.dir}")
             else:
@@ -552,6 +598,7 @@ def table(verdict: Verdict, tally: Tally, downstream=None) -> str:
         ("rebalances", tally.rebalances),
         ("wipes", tally.wipes),
         ("broker restarts", tally.broker_restarts),
+        ("brokers SIGKILLed and restarted", tally.broker_kills),
         ("crashes restarted", tally.crashes_restarted),
         ("zombie pauses (SIGSTOP)", tally.pauses),
         ("fenced, stopped by itself", tally.fenced),
@@ -562,7 +609,7 @@ def table(verdict: Verdict, tally: Tally, downstream=None) -> str:
         ("wrong", verdict.wrong),
     ]
     if verdict.repeated:
-        rows.append(("exact terminal repeats (at_least_once)", verdict.repeated))
+        rows.append(("exact repeats (at_least_once)", verdict.repeated))
     if downstream is not None:
         rows += downstream_rows(downstream)
     width = max(len(r[0]) for r in rows)
@@ -585,7 +632,7 @@ def downstream_rows(report) -> list[tuple[str, str]]:
 
 
 def main_run(config: ChaosConfig) -> int:
-    print(f"processing guarantee: {config.guarantee}")
+    print(f"processing guarantee: {config.guarantee}; brokers: {config.brokers}")
     chaos = Chaos(config)
     verdict, tally = chaos.run()
     print(table(verdict, tally, chaos.downstream))

@@ -59,13 +59,21 @@ def _expected_terminal(execution: Execution) -> tuple[dict | None, bytes | None]
 
 
 def _drop_exact_repeats(verdict: Verdict, got: list[OutRecord]) -> list[OutRecord]:
-    """at_least_once: a terminal record repeated byte for byte counts once (and is noted)."""
+    """at_least_once: a record repeated byte for byte counts once (and is noted).
+
+    A worker killed between writing its outputs and committing its offsets writes them
+    again on replay: a terminal record, or a stale RUNNING record flushed before it.
+    A RUNNING repeated after the terminal record is kept: the invariants flag it.
+    """
     seen: set[bytes] = set()
+    terminal_seen = False
     kept = []
     for rec in got:
-        if rec.value in seen and orjson.loads(rec.value).get("status") in TERMINAL:
+        status = orjson.loads(rec.value).get("status")
+        if rec.value in seen and (status in TERMINAL or not terminal_seen):
             verdict.repeated += 1
             continue
+        terminal_seen = terminal_seen or status in TERMINAL
         seen.add(rec.value)
         kept.append(rec)
     return kept

@@ -1,10 +1,15 @@
-"""A real single-node Apache Kafka broker (KRaft) on loopback, from Kafka's own jars.
+"""Real Apache Kafka brokers (KRaft) on loopback, from Kafka's own jars: one node, or a
+small cluster.
 
 Maven fetches the broker jars from Maven Central into `.cache/kafka/<version>/libs`
 (once; a marker file says the copy is complete). `start()` formats a data folder and
 runs `kafka.Kafka` with a capped heap; `stop()` ends it. Used by `make run`,
 `make kafka-up`/`kafka-down` and the test session fixture, so all three run the
 same broker the same way.
+
+`start_cluster()` starts three (or N) such nodes as one cluster, each broker and
+controller, with the replication settings of a production cluster: for the
+replication tests and `make chaos --brokers 3`, where one broker is killed mid-stream.
 
 Opt-in (`start(secure=Secure(...))`, for the security tests): a second listener,
 SASL_SSL with SCRAM-SHA-512, whose users are made by Kafka's own storage tool
@@ -24,12 +29,15 @@ import subprocess
 import sys
 import time
 import uuid
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from .tls import Certificates
 
-KAFKA_VERSION = "3.9.2"
+# CAMELEER_KAFKA_VERSION runs another release (e.g. 4.1.2: the 4.x checks of
+# docs/production-cluster.md); each version has its own folder of jars.
+KAFKA_VERSION = os.environ.get("CAMELEER_KAFKA_VERSION", "3.9.2")
 PACKAGE_DIR = Path(__file__).resolve().parent
 PROJECT_DIR = PACKAGE_DIR.parent
 CACHE_DIR = Path(os.environ.get("CAMELEER_CACHE_DIR", PROJECT_DIR / ".cache"))
@@ -157,6 +165,8 @@ class Broker:
     process: subprocess.Popen | None = None
     pid: int | None = None
     secure_port: int | None = None  # the SASL_SSL listener, when started with one
+    node_id: int = 1
+    heap: str = DEFAULT_HEAP
 
     @property
     def bootstrap(self) -> str:
@@ -171,6 +181,11 @@ class Broker:
     def log_file(self) -> Path:
         return self.data_dir / "logs" / "server.log"
 
+    @property
+    def alive(self) -> bool:
+        pid = self.process.pid if self.process else self.pid
+        return pid is not None and _alive(pid)
+
     def stop(self, timeout: float = 30.0) -> None:
         pid = self.process.pid if self.process else self.pid
         if pid is None:
@@ -183,9 +198,43 @@ class Broker:
         """SIGKILL, for fault injection: the broker gets no chance to clean up."""
         pid = self.process.pid if self.process else self.pid
         if pid is not None:
-            os.kill(pid, signal.SIGKILL)
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGKILL)
             if self.process:
                 self.process.wait()
+
+    def restart(self, timeout: float = 90.0, wait: bool = True) -> None:
+        """Start the stopped (or killed) broker again on its ports and data; return once
+        it serves (or at once with wait=False: then `wait_started`)."""
+        assert not self.alive, "the broker still runs"
+        self._since = _log_size(self.log_file)
+        _launch(self, detach=self.process is None)
+        if wait:
+            self.wait_started(timeout)
+
+    def wait_started(self, timeout: float = 90.0) -> None:
+        _wait_started(self, getattr(self, "_since", 0), timeout)
+
+
+@dataclass
+class Cluster:
+    """Brokers on loopback, each also a voter of the KRaft controller quorum."""
+
+    brokers: list[Broker]
+
+    @property
+    def bootstrap(self) -> str:
+        return ",".join(b.bootstrap for b in self.brokers)
+
+    def stop(self, timeout: float = 60.0) -> None:
+        # every broker told at once: each one's controlled shutdown needs the quorum
+        for b in self.brokers:
+            pid = b.process.pid if b.process else b.pid
+            if pid is not None and b.alive:
+                with contextlib.suppress(ProcessLookupError):
+                    os.kill(pid, signal.SIGTERM)
+        for b in self.brokers:
+            b.stop(timeout)
 
 
 def _properties(
@@ -194,9 +243,16 @@ def _properties(
     data_dir: Path,
     secure: Secure | None = None,
     secure_port: int | None = None,
+    node_id: int = 1,
+    voters: str | None = None,
+    replication: int = 1,
 ) -> str:
-    # One node is broker and controller; every replication factor is 1, and the
-    # initial-rebalance delay is off so consumer groups form at once.
+    # Every node is broker and controller. Alone, every replication factor is 1. In a
+    # cluster, the internal topics get `replication` replicas, and a write acknowledged
+    # by all in-sync replicas (acks=all) is on at least two brokers
+    # (min.insync.replicas). The initial-rebalance delay is off so groups form at once.
+    voters = voters or f"{node_id}@127.0.0.1:{controller_port}"
+    min_isr = min(2, replication)
     listeners = f"PLAINTEXT://127.0.0.1:{port}"
     protocols = "PLAINTEXT:PLAINTEXT,CONTROLLER:PLAINTEXT"
     if secure is not None:
@@ -204,8 +260,8 @@ def _properties(
         protocols += ",SASL_SSL:SASL_SSL"
     return f"""\
 process.roles=broker,controller
-node.id=1
-controller.quorum.voters=1@127.0.0.1:{controller_port}
+node.id={node_id}
+controller.quorum.voters={voters}
 listeners={listeners},CONTROLLER://127.0.0.1:{controller_port}
 advertised.listeners={listeners}
 controller.listener.names=CONTROLLER
@@ -213,10 +269,12 @@ listener.security.protocol.map={protocols}
 inter.broker.listener.name=PLAINTEXT
 log.dirs={data_dir / "kraft"}
 num.partitions=6
-offsets.topic.replication.factor=1
+default.replication.factor={replication}
+min.insync.replicas={min_isr}
+offsets.topic.replication.factor={replication}
 offsets.topic.num.partitions=10
-transaction.state.log.replication.factor=1
-transaction.state.log.min.isr=1
+transaction.state.log.replication.factor={replication}
+transaction.state.log.min.isr={min_isr}
 transaction.state.log.num.partitions=10
 group.initial.rebalance.delay.ms=0
 auto.create.topics.enable=false
@@ -242,26 +300,10 @@ ssl.client.auth=none
     return props
 
 
-def start(
-    port: int | None = None,
-    data_dir: Path | None = None,
-    heap: str = DEFAULT_HEAP,
-    timeout: float = 90.0,
-    detach: bool = False,
-    secure: Secure | None = None,
-) -> Broker:
-    """Start a broker (formatting its data folder the first time) and wait until it serves."""
+def _jvm(heap: str, logs: Path) -> list[str]:
     libs = ensure_jars()
-    port = port or free_port()
-    data_dir = Path(data_dir or CACHE_DIR / "kafka-data" / str(port)).resolve()
-    logs = data_dir / "logs"
-    logs.mkdir(parents=True, exist_ok=True)
-    props = data_dir / "server.properties"
-    controller_port = _saved_port(data_dir, "controller.port")
-    secure_port = _saved_port(data_dir, "secure.port") if secure else None
-    props.write_text(_properties(port, controller_port, data_dir, secure, secure_port))
     java = _need("java", "a Java 17+ runtime (e.g. apt-get install openjdk-17-jre-headless)")
-    jvm = [
+    return [
         java,
         f"-Xmx{heap}",
         f"-Xms{heap}",
@@ -273,54 +315,136 @@ def start(
         "-cp",
         f"{libs}/*",
     ]
-    if not (data_dir / "kraft" / "meta.properties").exists():
-        cluster_id = _cluster_id()
-        fmt = subprocess.run(
-            [
-                *jvm[:1],
-                "-Xmx256m",
-                *jvm[4:],
-                "kafka.tools.StorageTool",
-                "format",
-                "-t",
-                cluster_id,
-                "-c",
-                str(props),
-                *_scram_users(secure),
-            ],
-            capture_output=True,
-            text=True,
-        )
-        if fmt.returncode != 0:
-            raise SetupError(f"could not format Kafka storage: {fmt.stdout}{fmt.stderr}".strip())
+
+
+def _format(data_dir: Path, cluster_id: str, secure: Secure | None = None) -> None:
+    """Format the node's storage once (KRaft needs it before the first start)."""
+    if (data_dir / "kraft" / "meta.properties").exists():
+        return
+    jvm = _jvm("256m", data_dir / "logs")
+    fmt = subprocess.run(
+        [
+            jvm[0],
+            "-Xmx256m",
+            *jvm[4:],
+            "kafka.tools.StorageTool",
+            "format",
+            "-t",
+            cluster_id,
+            "-c",
+            str(data_dir / "server.properties"),
+            *_scram_users(secure),
+        ],
+        capture_output=True,
+        text=True,
+    )
+    if fmt.returncode != 0:
+        raise SetupError(f"could not format Kafka storage: {fmt.stdout}{fmt.stderr}".strip())
+
+
+def _launch(broker: Broker, detach: bool) -> None:
+    logs = broker.data_dir / "logs"
     out = open(logs / "stdout.log", "ab")  # noqa: SIM115 - owned by the child process
     proc = subprocess.Popen(
-        [*jvm, "kafka.Kafka", str(props)],
+        [*_jvm(broker.heap, logs), "kafka.Kafka", str(broker.data_dir / "server.properties")],
         stdout=out,
         stderr=subprocess.STDOUT,
         stdin=subprocess.DEVNULL,
         start_new_session=True,  # Ctrl-C reaches the worker, which then stops us in order
     )
     out.close()
-    broker = Broker(
-        port=port,
-        data_dir=data_dir,
-        process=None if detach else proc,
-        pid=proc.pid,
-        secure_port=secure_port,
-    )
-    (data_dir / "broker.pid").write_text(str(proc.pid))
+    broker.process = None if detach else proc
+    broker.pid = proc.pid
+    (broker.data_dir / "broker.pid").write_text(str(proc.pid))
+
+
+def _wait_started(broker: Broker, since: int, timeout: float) -> None:
+    """Return once the broker logged its start (past `since` in its log) and answers."""
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
-        if proc.poll() is not None:
-            raise SetupError(
-                f"the Kafka broker exited with code {proc.returncode}; see {broker.log_file}"
-            )
-        if _started(broker.log_file) and answers("127.0.0.1", port):
-            return broker
+        if not broker.alive:
+            code = broker.process.returncode if broker.process else "?"
+            raise SetupError(f"the Kafka broker exited with code {code}; see {broker.log_file}")
+        if _started(broker.log_file, since) and answers("127.0.0.1", broker.port):
+            return
         time.sleep(0.2)  # poll interval while the JVM boots
     broker.stop()
     raise SetupError(f"the Kafka broker did not start within {timeout:.0f}s; see {broker.log_file}")
+
+
+def start(
+    port: int | None = None,
+    data_dir: Path | None = None,
+    heap: str = DEFAULT_HEAP,
+    timeout: float = 90.0,
+    detach: bool = False,
+    secure: Secure | None = None,
+) -> Broker:
+    """Start a broker (formatting its data folder the first time) and wait until it serves."""
+    port = port or free_port()
+    data_dir = Path(data_dir or CACHE_DIR / "kafka-data" / str(port)).resolve()
+    (data_dir / "logs").mkdir(parents=True, exist_ok=True)
+    controller_port = _saved_port(data_dir, "controller.port")
+    secure_port = _saved_port(data_dir, "secure.port") if secure else None
+    (data_dir / "server.properties").write_text(
+        _properties(port, controller_port, data_dir, secure, secure_port)
+    )
+    _format(data_dir, _cluster_id(), secure)
+    broker = Broker(port=port, data_dir=data_dir, secure_port=secure_port, heap=heap)
+    since = _log_size(broker.log_file)
+    _launch(broker, detach)
+    _wait_started(broker, since, timeout)
+    return broker
+
+
+CLUSTER_HEAP = os.environ.get("KAFKA_CLUSTER_HEAP", "384m")  # per broker of a cluster
+
+
+def start_cluster(
+    data_dir: Path, brokers: int = 3, heap: str = CLUSTER_HEAP, timeout: float = 120.0
+) -> Cluster:
+    """Start `brokers` brokers on loopback as one cluster, and wait until all serve.
+
+    Each node is broker and controller (a quorum of `brokers` voters: one node lost
+    leaves a majority of three). Internal topics get min(3, brokers) replicas and
+    `min.insync.replicas` is 2: the settings of a production cluster, in small.
+    Node i keeps its ports and data in `data_dir/n<i>`, so a node killed and
+    restarted comes back as itself.
+    """
+    data_dir = Path(data_dir).resolve()
+    nodes = []
+    for node_id in range(1, brokers + 1):
+        node_dir = data_dir / f"n{node_id}"
+        (node_dir / "logs").mkdir(parents=True, exist_ok=True)
+        ports = (_saved_port(node_dir, "port"), _saved_port(node_dir, "controller.port"))
+        nodes.append((node_id, node_dir, *ports))
+    voters = ",".join(f"{n}@127.0.0.1:{cport}" for n, _, _, cport in nodes)
+    saved_id = data_dir / "cluster.id"
+    if not saved_id.exists():
+        saved_id.write_text(_cluster_id())
+    cluster_id = saved_id.read_text().strip()
+    cluster = Cluster([])
+    replication = min(3, brokers)
+    for node_id, node_dir, port, cport in nodes:
+        (node_dir / "server.properties").write_text(
+            _properties(
+                port, cport, node_dir, node_id=node_id, voters=voters, replication=replication
+            )
+        )
+        cluster.brokers.append(Broker(port=port, data_dir=node_dir, node_id=node_id, heap=heap))
+    with ThreadPoolExecutor(brokers) as pool:  # one JVM each: side by side
+        list(pool.map(lambda b: _format(b.data_dir, cluster_id), cluster.brokers))
+    # all at once: a node's broker waits for the controller quorum, a majority of them
+    sizes = [_log_size(b.log_file) for b in cluster.brokers]
+    try:
+        for b in cluster.brokers:
+            _launch(b, detach=False)
+        for b, since in zip(cluster.brokers, sizes, strict=True):
+            _wait_started(b, since, timeout)
+    except BaseException:
+        cluster.stop()
+        raise
+    return cluster
 
 
 def _cluster_id() -> str:
@@ -350,10 +474,19 @@ def _saved_port(data_dir: Path, name: str) -> int:
     return port
 
 
-def _started(log_file: Path) -> bool:
+def _log_size(log_file: Path) -> int:
     try:
+        return log_file.stat().st_size
+    except OSError:
+        return 0
+
+
+def _started(log_file: Path, since: int = 0) -> bool:
+    """Did the broker log its start past offset `since` of its log (this launch's part)?"""
+    try:
+        size = log_file.stat().st_size
         with open(log_file, "rb") as f:
-            f.seek(max(0, log_file.stat().st_size - 65536))
+            f.seek(max(since if since <= size else 0, size - 65536))  # 0: the log rolled
             tail = f.read()
     except OSError:
         return False

@@ -33,3 +33,18 @@ def test_a_refusal_is_one_line_naming_the_permission_and_the_grant():
 def test_a_broker_that_does_not_say_what_is_allowed_is_not_a_refusal():
     assert access.TopicInfo("t", 0, 3, access.UNKNOWN_OPERATIONS).may("Write")
     assert not access.TopicInfo("t", 0, 3, 1 << access.OPERATIONS["Read"]).may("Write")
+
+
+def test_an_existing_topic_with_fewer_replicas_than_asked_is_named_with_the_fix():
+    from app.topics import warn_under_replicated
+
+    infos = {
+        "changelog": access.TopicInfo("changelog", 0, 6, access.UNKNOWN_OPERATIONS, 1),
+        "output": access.TopicInfo("output", 0, 6, access.UNKNOWN_OPERATIONS, 3),
+        "leader": access.TopicInfo("leader", 3, 0, access.UNKNOWN_OPERATIONS, 0),  # missing
+    }
+    warnings = warn_under_replicated(infos, ["changelog", "output", "leader"], 3)
+    assert len(warnings) == 1
+    assert warnings[0].startswith("topic changelog has 1 replica per partition, fewer than the 3")
+    assert "kafka-reassign-partitions" in warnings[0]
+    assert warn_under_replicated(infos, ["changelog"], 1) == []  # one asked: enough

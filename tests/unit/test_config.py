@@ -15,9 +15,11 @@ def test_defaults_are_the_documented_ones():
     assert (s.compression, s.raw_partitions) == ("none", 6)
 
 
-def test_every_option_is_documented_in_the_readme():
-    readme = (Path(__file__).parents[2] / "README.md").read_text(encoding="utf-8")
-    missing = [o.env for o in OPTIONS if f"`{o.env}`" not in readme]
+def test_every_option_is_documented_in_the_readme_or_docs():
+    root = Path(__file__).parents[2]
+    docs = [root / "README.md", *sorted((root / "docs").glob("*.md"))]
+    text = "\n".join(p.read_text(encoding="utf-8") for p in docs)
+    missing = [o.env for o in OPTIONS if f"`{o.env}`" not in text]
     assert missing == []
 
 
@@ -33,7 +35,9 @@ def test_command_line_overrides_the_environment():
     [
         ({"CAMELEER_COMMIT_INTERVAL": "0"}, "CAMELEER_COMMIT_INTERVAL must be positive"),
         ({"CAMELEER_BATCH_MAX": "0"}, "CAMELEER_BATCH_MAX must be at least 1"),
-        ({"CAMELEER_COMPRESSION": "snappy"}, "CAMELEER_COMPRESSION must be none or gzip"),
+        ({"CAMELEER_COMPRESSION": "brotli"}, "CAMELEER_COMPRESSION must be one of none, gzip"),
+        ({"CAMELEER_REPLICATION_FACTOR": "0"}, "CAMELEER_REPLICATION_FACTOR must be at least 1"),
+        ({"CAMELEER_REPLICATION_FACTOR": "three"}, "bad setting"),
         ({"CAMELEER_BATCH_MAX": "many"}, "bad setting"),
         ({"CAMELEER_PROCESSING_GUARANTEE": "maybe"}, "exactly_once or at_least_once"),
         ({"CAMELEER_HELD_RETENTION": "300"}, "must be longer than CAMELEER_STALE_AFTER"),
@@ -50,3 +54,17 @@ def test_held_retention_defaults_to_three_days_and_web_port_0_is_allowed():
     s = Settings.from_env({"CAMELEER_WEB_PORT": "0"})
     assert s.held_retention == 3 * 86_400
     assert s.web_port == 0
+
+
+@pytest.mark.parametrize("codec", ["none", "gzip", "snappy", "lz4", "zstd"])
+def test_every_kafka_codec_is_accepted(codec):
+    assert Settings.from_env({"CAMELEER_COMPRESSION": codec.upper()}).compression == codec
+
+
+@pytest.mark.parametrize(
+    ("setting", "brokers", "replicas"),
+    [("", 1, 1), ("", 2, 2), ("", 3, 3), ("", 5, 3), ("2", 5, 2), ("5", 5, 5), ("1", 3, 1)],
+)
+def test_replication_defaults_to_three_or_the_broker_count(setting, brokers, replicas):
+    s = Settings.from_env({"CAMELEER_REPLICATION_FACTOR": setting})
+    assert s.replication(brokers) == replicas
