@@ -34,7 +34,7 @@ log = logging.getLogger(__name__)
 
 SWEEP_INTERVAL = 1.0  # seconds between stale/expiry sweeps of the owned partitions
 RAW = "raw"
-PRODUCER_BATCH_BYTES = 512 * 1024  # per-partition produce batch (bench: README "Performance")
+PRODUCER_BATCH_BYTES = 512 * 1024  # per-partition produce batch (bench: docs/performance.md)
 MAX_REQUEST_BYTES = 8 * 1024 * 1024  # a produce request holds several batches
 # A dead worker's open transaction blocks read_committed readers of the partitions
 # it wrote until the broker aborts it (when the same worker restarts, at once).

@@ -66,7 +66,7 @@ class SecureCluster:
         return Connection(**{**settings, **changes})
 
     def admin_properties(self) -> Path:
-        """The --command-config of Kafka's tools, as the README shows it."""
+        """The --command-config of Kafka's tools, as docs/operating.md shows it."""
         path = self.folder / "admin.properties"
         path.write_text(
             "security.protocol=SASL_SSL\n"
@@ -124,7 +124,7 @@ def worker_settings(cluster: SecureCluster, topics: Topics, connection: Connecti
 
 @pytest.fixture(scope="module")
 def granted(cluster, secure_topics) -> list[access.Grant]:
-    """Exactly the ACLs the README lists (access.needed), granted to merger with kafka-acls."""
+    """The ACLs docs/operating.md lists (access.needed), granted to merger with kafka-acls."""
     settings = worker_settings(cluster, secure_topics, cluster.connection())
     grants = access.needed(settings)
     config = cluster.admin_properties()

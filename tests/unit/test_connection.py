@@ -15,7 +15,7 @@ from app.config import Settings, apply_arguments, argument_parser
 from app.connection import Connection, SettingsError
 from localkafka.tls import make_ca
 
-README = Path(__file__).parents[2] / "README.md"
+OPERATING = Path(__file__).parents[2] / "docs" / "operating.md"
 SECRET = "s3cr3t-Pa55word"
 
 
@@ -150,9 +150,9 @@ def test_every_connection_option_is_in_the_help():
         assert flag in text
 
 
-def test_readme_lists_exactly_the_acls_the_worker_checks():
-    """The kafka-acls commands in the README are the ones access.needed() gives."""
-    readme = README.read_text(encoding="utf-8")
+def test_operating_guide_lists_exactly_the_acls_the_worker_checks():
+    """The kafka-acls commands in docs/operating.md are the ones access.needed() gives."""
+    readme = OPERATING.read_text(encoding="utf-8")
     grants = access.needed(Settings.from_env({}))
     commands = access.kafka_acls_commands(grants, "User:cameleer-merger")
     listed = [line for line in readme.splitlines() if line.startswith("kafka-acls ")]
