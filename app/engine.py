@@ -313,6 +313,7 @@ class Engine:
                 records[0].offset,
                 min(expected, records[-1].offset + 1) - 1,
                 expected,
+                extra={"topic": tp.topic, "partition": tp.partition},
             )
             records = late
             if not records:

@@ -23,6 +23,7 @@ from .config import Settings
 from .engine import Engine
 from .inflight import InFlight, derive_held_index
 from .internals import EosProducer, MergerApp, derive_on_recovery
+from .logs import logging_config
 from .merge import Rules
 from .metrics import Metrics
 from .processor import Destinations, Processor
@@ -163,6 +164,7 @@ def create_app(settings: Settings, layout: Layout) -> faust.App:
         broker_session_timeout=10.0,
         broker_heartbeat_interval=2.0,
         loghandlers=[],
+        logging_config=logging_config(settings.log_format, settings.log_level),
     )
 
     def topic(*names: str, **kw):
