@@ -15,6 +15,7 @@ aiokafka's lines come out in the same format.
 from __future__ import annotations
 
 import logging
+import sys
 import time
 
 import orjson
@@ -69,3 +70,12 @@ def logging_config(log_format: str, level: str) -> dict | None:
             }
         },
     }
+
+
+def json_logging(level: str) -> None:
+    """JSON lines from here on, before Faust sets up its logging (the same format):
+    Python's warnings too, which otherwise go to stderr as text."""
+    handler = logging.StreamHandler(sys.stdout)
+    handler.setFormatter(JsonFormatter())
+    logging.basicConfig(level=level.upper(), handlers=[handler], force=True)
+    logging.captureWarnings(True)
