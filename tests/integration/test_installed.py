@@ -48,8 +48,10 @@ def installed(tmp_path_factory) -> Path:
             shutil.copy(path, source / name)
     venv = folder / "venv"
     python = shutil.which("python3.11") or sys.executable
-    subprocess.run([python, "-m", "venv", str(venv)], check=True, timeout=120)
-    pip = [str(venv / "bin" / "pip"), "--disable-pip-version-check", "--quiet"]
+    # No pip of its own (the image removes it too): this pip installs into it.
+    subprocess.run([python, "-m", "venv", "--without-pip", str(venv)], check=True, timeout=120)
+    pip = [sys.executable, "-m", "pip", "--python", str(venv / "bin" / "python")]
+    pip += ["--disable-pip-version-check", "--quiet"]
     digest = hashlib.sha256((ROOT / "pyproject.toml").read_bytes()).hexdigest()[:16]
     wheels = localkafka.CACHE_DIR / "wheels" / digest
     if not (wheels / ".complete").exists():

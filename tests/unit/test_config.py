@@ -50,3 +50,10 @@ def test_held_retention_defaults_to_three_days_and_web_port_0_is_allowed():
     s = Settings.from_env({"CAMELEER_WEB_PORT": "0"})
     assert s.held_retention == 3 * 86_400
     assert s.web_port == 0
+
+
+def test_log_format_is_text_by_default_and_json_on_request():
+    assert Settings.from_env({}).log_format == "text"
+    assert Settings.from_env({"CAMELEER_LOG_FORMAT": " JSON "}).log_format == "json"
+    with pytest.raises(ValueError, match="CAMELEER_LOG_FORMAT must be text or json"):
+        Settings.from_env({"CAMELEER_LOG_FORMAT": "xml"})
