@@ -3,11 +3,15 @@
 # Two stages: the first builds a virtualenv with the package and its runtime
 # dependencies only (no dev extras: no test tools, no downstream stores); the second
 # is the same slim Python with that virtualenv, CA certificates and a non-root user.
-# PYTHON_IMAGE may name any Debian-based image with Python 3.11 in /usr/local
+# PYTHON_IMAGE may name any Debian-based image with python3.11 and its venv module
 # (the official python:3.11-slim-bookworm by default).
 ARG PYTHON_IMAGE=python:3.11-slim-bookworm
 
 FROM ${PYTHON_IMAGE} AS build
+# For a build behind a private index or a TLS-intercepting proxy (pip's own variables;
+# a CA file given as PIP_CERT is mounted into the build, e.g. podman build --volume).
+ARG PIP_INDEX_URL
+ARG PIP_CERT
 ENV PIP_DISABLE_PIP_VERSION_CHECK=1 \
     PIP_NO_CACHE_DIR=1 \
     PYTHONDONTWRITEBYTECODE=1

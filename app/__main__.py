@@ -25,6 +25,8 @@ def main(argv: list[str] | None = None) -> None:
         settings = Settings.from_env()
     except ValueError as exc:
         sys.exit(f"cameleer-merger: {exc}")
+    if settings.log_format == "json":  # from the topic checks on, before Faust's own set-up
+        json_logging(settings.log_level)
     from aiokafka.errors import KafkaError
 
     from .topics import ensure_topics
@@ -40,7 +42,6 @@ def main(argv: list[str] | None = None) -> None:
     sys.argv = ["cameleer-merger", "worker", "--loglevel", settings.log_level]
     if settings.log_format == "json":  # log lines only: no banner or spinner on stdout
         sys.argv.insert(1, "--quiet")
-        json_logging(settings.log_level)
     if settings.web_port == 0:  # the endpoints are off (Faust's CLI refuses --web-port 0)
         sys.argv.append("--without-web")
     else:

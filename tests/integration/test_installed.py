@@ -24,7 +24,7 @@ import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
 import localkafka
-from chaos.processes import WorkerProcess
+from chaos.processes import Topics, WorkerProcess
 
 from .harness import consume_until, event, for_key, produce
 
@@ -82,8 +82,9 @@ def test_installed_package_has_no_dev_extras(installed):
 
 
 def test_installed_worker_merges_logs_json_and_serves_process_metrics(
-    installed, bootstrap, topics, tmp_path
+    installed, bootstrap, tmp_path
 ):
+    topics = Topics.fresh(uuid.uuid4().hex[:8])  # the raw topic too: the worker creates it
     worker = WorkerProcess(
         bootstrap,
         topics,
