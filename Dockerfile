@@ -22,7 +22,8 @@ WORKDIR /src
 COPY pyproject.toml README.md ./
 COPY app ./app
 COPY simulator ./simulator
-RUN /opt/cameleer-merger/bin/pip install --no-compile . \
+# Compiled here: the Kubernetes manifest runs the image with a read-only root file system.
+RUN /opt/cameleer-merger/bin/pip install . \
     && /opt/cameleer-merger/bin/pip uninstall --yes pip setuptools
 
 FROM ${PYTHON_IMAGE}
@@ -37,6 +38,7 @@ RUN apt-get update \
 COPY --from=build /opt/cameleer-merger /opt/cameleer-merger
 ENV PATH=/opt/cameleer-merger/bin:$PATH \
     PYTHONUNBUFFERED=1 \
+    PYTHONDONTWRITEBYTECODE=1 \
     CAMELEER_STATE_DIR=/var/lib/cameleer-merger \
     CAMELEER_WEB_HOST=0.0.0.0 \
     CAMELEER_WEB_PORT=6066

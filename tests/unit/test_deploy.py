@@ -163,7 +163,7 @@ DOCKERFILE = (ROOT / "Dockerfile").read_text()
 def test_dockerfile_runs_the_worker_in_exec_form_without_dev_extras():
     [entry] = re.findall(r"^ENTRYPOINT (.+)$", DOCKERFILE, re.MULTILINE)
     assert json.loads(entry) == ["cameleer-merger"]  # exec form: SIGTERM reaches the worker
-    assert "pip install --no-compile ." in DOCKERFILE and "[dev]" not in DOCKERFILE
+    assert re.search(r"pip install \.\s", DOCKERFILE) and "[dev]" not in DOCKERFILE
     assert len(re.findall(r"^FROM ", DOCKERFILE, re.MULTILINE)) == 2  # multi-stage
     assert "ca-certificates" in DOCKERFILE
     assert f"EXPOSE {SETTINGS['CAMELEER_WEB_PORT'].default}" in DOCKERFILE
