@@ -6,7 +6,9 @@ from there and merge an execution, which shows its runtime dependencies are comp
 without the dev extras. The same worker logs as JSON and serves the process metrics.
 The dependencies' wheels are kept in the cache folder (`.cache/wheels/`, by the
 hash of pyproject.toml): the first run builds them with `pip wheel` (from PyPI, or
-pip's own cache), the next ones install from there without asking the index.
+pip's own cache), the next ones install from there without asking the index. The
+installation runs in a thread from the session's start (conftest.py, `image_install`)
+while the other tests run: it mostly waits on the disk.
 """
 
 from __future__ import annotations
@@ -34,10 +36,8 @@ ROOT = Path(__file__).parents[2]
 IMAGE_FILES = ("pyproject.toml", "README.md", "app", "simulator")  # the Dockerfile's COPY
 
 
-@pytest.fixture(scope="module")
-def installed(tmp_path_factory) -> Path:
+def install_like_the_image(folder: Path) -> Path:
     """bin/ of a fresh virtualenv holding the package and its runtime dependencies only."""
-    folder = tmp_path_factory.mktemp("image")
     source = folder / "src"
     source.mkdir()
     for name in IMAGE_FILES:
@@ -65,7 +65,14 @@ def installed(tmp_path_factory) -> Path:
 
 def run(command: list[str]) -> None:
     done = subprocess.run(command, capture_output=True, text=True, timeout=300)
-    assert done.returncode == 0, done.stderr[-3000:]
+    if done.returncode != 0:
+        raise RuntimeError(f"{' '.join(command[:6])} ...: {done.stderr[-3000:]}")
+
+
+@pytest.fixture(scope="module")
+def installed(image_install) -> Path:
+    """The installation conftest started in the background at the session's start."""
+    return image_install.result(timeout=600)
 
 
 def test_installed_package_has_no_dev_extras(installed):
