@@ -5,7 +5,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed-stamp
 
-.PHONY: run test test-unit test-cluster lint format demo chaos bench kafka-up kafka-down kafka-status jars clean help
+.PHONY: run test test-unit test-cluster lint format demo chaos bench image kafka-up kafka-down kafka-status jars clean help
 
 help:
 	@echo "make run         start a local broker if none answers, then the worker"
@@ -17,6 +17,7 @@ help:
 	@echo "make chaos       kill/rebalance/wipe/broker-restart run, then the recovery figure"
 	@echo "                 (CHAOS_ARGS=\"--brokers 3\": a cluster, one broker SIGKILLed mid-stream)"
 	@echo "make bench       throughput vs a passthrough ceiling, latency, RSS, codecs (BENCH_ARGS=...)"
+	@echo "make image       the container image (docker, else podman; IMAGE=name:tag)"
 	@echo "make kafka-up / kafka-down   the local broker on its own"
 
 $(STAMP): pyproject.toml
@@ -56,6 +57,11 @@ chaos: jars
 
 bench: jars
 	$(PY) -m bench $(BENCH_ARGS)
+
+IMAGE ?= cameleer-merger:0.1.0
+image:
+	@engine=$$(command -v docker || command -v podman) || { echo "error: install docker or podman"; exit 2; }; \
+	$$engine build -t $(IMAGE) .
 
 kafka-up: jars
 	@$(PY) -m localkafka up

@@ -11,6 +11,7 @@ import sys
 
 from .cli import COMMANDS
 from .config import Settings, apply_arguments
+from .logs import json_logging
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -24,6 +25,8 @@ def main(argv: list[str] | None = None) -> None:
         settings = Settings.from_env()
     except ValueError as exc:
         sys.exit(f"cameleer-merger: {exc}")
+    if settings.log_format == "json":  # from the topic checks on, before Faust's own set-up
+        json_logging(settings.log_level)
     from aiokafka.errors import KafkaError
 
     from .topics import ensure_topics
@@ -37,6 +40,8 @@ def main(argv: list[str] | None = None) -> None:
     app = create_app(settings, layout)
     # Faust's own CLI runs the worker (signals, logging, web server); our options are done.
     sys.argv = ["cameleer-merger", "worker", "--loglevel", settings.log_level]
+    if settings.log_format == "json":  # log lines only: no banner or spinner on stdout
+        sys.argv.insert(1, "--quiet")
     if settings.web_port == 0:  # the endpoints are off (Faust's CLI refuses --web-port 0)
         sys.argv.append("--without-web")
     else:

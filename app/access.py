@@ -13,7 +13,7 @@ permission in one line:
   prefix that was never initialised is authorized (Write on the id, Read on the
   group) before anything else is looked at, and then refused as unknown.
 
-`needed()` is the exact set, as kafka-acls arguments: the README lists it and
+`needed()` is the exact set, as kafka-acls arguments: docs/operating.md lists it and
 the integration tests grant exactly it, then take each part away.
 """
 

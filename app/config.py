@@ -94,6 +94,12 @@ SETTINGS_OPTIONS = (
     ),
     Option("CAMELEER_LOG_LEVEL", "--log-level", "info", "debug, info, warning or error"),
     Option(
+        "CAMELEER_LOG_FORMAT",
+        "--log-format",
+        "text",
+        "text, or json: one JSON object per line (time, level, logger, message, context)",
+    ),
+    Option(
         "CAMELEER_COMMIT_INTERVAL",
         "--commit-interval",
         "0.1",
@@ -137,6 +143,7 @@ class Settings:
     max_record_bytes: int
     raw_partitions: int
     log_level: str
+    log_format: str
     commit_interval: float
     batch_max: int
     compression: str
@@ -173,6 +180,9 @@ class Settings:
             raise ValueError(
                 f"CAMELEER_LOG_LEVEL must be debug, info, warning or error, not {level!r}"
             )
+        log_format = raw["log_format"].strip().lower()
+        if log_format not in ("text", "json"):
+            raise ValueError(f"CAMELEER_LOG_FORMAT must be text or json, not {log_format!r}")
         try:
             settings = cls(
                 bootstrap_servers=raw["bootstrap_servers"],
@@ -194,6 +204,7 @@ class Settings:
                 max_record_bytes=int(raw["max_record_bytes"]),
                 raw_partitions=int(raw["raw_partitions"]),
                 log_level=level,
+                log_format=log_format,
                 commit_interval=float(raw["commit_interval"]),
                 batch_max=int(raw["batch_max"]),
                 compression=raw["compression"].strip().lower(),

@@ -7,12 +7,15 @@ and the security settings operators know from Kafka's own clients
 complete for any aiokafka client (consumer, producer, admin);
 `faust_kwargs()` is the same for `faust.App`.
 
-The password is never shown: not in repr(), not in `describe()`, not in errors.
+The password and the OAUTHBEARER token are never shown: not in repr(), not in
+`describe()`, not in errors.
 """
 
 from __future__ import annotations
 
 import asyncio
+import base64
+import binascii
 import os
 import ssl
 from collections.abc import Mapping
@@ -21,6 +24,9 @@ from functools import cached_property
 from pathlib import Path
 from typing import Any
 
+import aiokafka.conn
+import orjson
+from aiokafka.abc import AbstractTokenProvider
 from aiokafka.conn import collect_hosts, create_conn
 from aiokafka.errors import (
     BrokerResponseError,
@@ -32,7 +38,8 @@ from aiokafka.helpers import create_ssl_context
 
 DEFAULT_BOOTSTRAP = "localhost:9092"
 PROTOCOLS = ("PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL")
-MECHANISMS = ("PLAIN", "SCRAM-SHA-256", "SCRAM-SHA-512")
+MECHANISMS = ("PLAIN", "SCRAM-SHA-256", "SCRAM-SHA-512", "OAUTHBEARER")
+OAUTHBEARER = "OAUTHBEARER"
 
 # (environment variable, option, default, help); app.config lists them with the
 # worker's other options, so they are also options of every command that takes those.
@@ -47,7 +54,7 @@ OPTIONS = (
         "KAFKA_SASL_MECHANISM",
         "--sasl-mechanism",
         "PLAIN",
-        "PLAIN, SCRAM-SHA-256 or SCRAM-SHA-512",
+        "PLAIN, SCRAM-SHA-256, SCRAM-SHA-512 or OAUTHBEARER",
     ),
     ("KAFKA_SASL_USERNAME", "--sasl-username", "", "SASL user name"),
     (
@@ -61,6 +68,12 @@ OPTIONS = (
         "--sasl-password-file",
         "",
         "file holding the SASL password (a mounted secret; one trailing newline is ignored)",
+    ),
+    (
+        "KAFKA_SASL_OAUTH_TOKEN_FILE",
+        "--sasl-oauth-token-file",
+        "",
+        "OAUTHBEARER: file holding the bearer token, read again whenever it changes",
     ),
     (
         "KAFKA_SSL_CAFILE",
@@ -101,6 +114,80 @@ def _file(name: str, value: str | None) -> str | None:
     return value
 
 
+class _OAuthAuthenticator(aiokafka.conn.OAuthAuthenticator):
+    """aiokafka's OAUTHBEARER exchange, with the broker's refusal read.
+
+    A broker that refuses a token answers the client's first message with an error
+    challenge (RFC 7628 3.2.2: `{"status": "invalid_token"}`) and waits for the
+    client's single %x01 before it fails the authentication with its reason.
+    aiokafka (0.12 to 0.14) takes any answer for success: the connection then hangs
+    half-open and the clients fail later with "node not ready". This sends the %x01,
+    so the broker's SaslAuthenticate error (SaslAuthenticationFailedError, with the
+    broker's message) is raised where authentication happens.
+    """
+
+    _error_acknowledged = False
+
+    async def step(self, payload):
+        if self._token_sent and payload and not self._error_acknowledged:
+            self._error_acknowledged = True
+            return b"\x01", True
+        return await super().step(payload)
+
+
+# AIOKafkaConnection.authenticator_oauth builds the module's OAuthAuthenticator.
+aiokafka.conn.OAuthAuthenticator = _OAuthAuthenticator
+
+
+class FileTokenProvider(AbstractTokenProvider):
+    """The OAUTHBEARER token, from a file that something else keeps fresh.
+
+    Kubernetes projects a service account token into a file and replaces it before it
+    expires; an identity agent or a sidecar does the same. aiokafka asks for a token
+    at every new connection's authentication: the file is read again when its inode,
+    modification time or size changed since the last read (Kubernetes swaps in a new
+    file), else the token read then is returned.
+    """
+
+    def __init__(self, path: str) -> None:
+        self.path = path
+        self._seen: tuple[int, int, int] | None = None
+        self._token = ""
+
+    async def token(self) -> str:
+        return self.read()
+
+    def read(self) -> str:
+        try:
+            st = os.stat(self.path)
+            seen = (st.st_ino, st.st_mtime_ns, st.st_size)
+            if seen != self._seen:
+                token = Path(self.path).read_text(encoding="utf-8").strip()
+                if not token:
+                    raise SettingsError(f"KAFKA_SASL_OAUTH_TOKEN_FILE: {self.path} is empty")
+                self._token, self._seen = token, seen
+        except OSError as exc:
+            raise SettingsError(
+                f"KAFKA_SASL_OAUTH_TOKEN_FILE: cannot read {self.path} ({exc.strerror})"
+            ) from None
+        return self._token
+
+    def subject(self) -> str | None:
+        """The token's `sub` claim, if it is a JWT (the principal brokers see by default)."""
+        parts = self.read().split(".")
+        if len(parts) != 3:
+            return None
+        try:
+            claims = orjson.loads(base64.urlsafe_b64decode(parts[1] + "=" * (-len(parts[1]) % 4)))
+        except (binascii.Error, ValueError):
+            return None
+        sub = claims.get("sub") if isinstance(claims, dict) else None
+        return sub if isinstance(sub, str) else None
+
+    def __repr__(self) -> str:
+        return f"FileTokenProvider({self.path!r})"
+
+
 @dataclass(frozen=True)
 class Connection:
     bootstrap_servers: str = DEFAULT_BOOTSTRAP
@@ -109,6 +196,7 @@ class Connection:
     sasl_username: str | None = None
     sasl_password: str | None = field(default=None, repr=False)
     sasl_password_file: str | None = None  # where the password came from, if from a file
+    sasl_oauth_token_file: str | None = None  # OAUTHBEARER: the token, read at each login
     ssl_cafile: str | None = None
     ssl_certfile: str | None = None
     ssl_keyfile: str | None = None
@@ -127,14 +215,16 @@ class Connection:
                     f"KAFKA_SASL_MECHANISM must be one of {', '.join(MECHANISMS)}, "
                     f"not {self.sasl_mechanism!r}"
                 )
-            if not self.sasl_username or not self.sasl_password:
+            if self.oauth:
+                self._check_oauth()
+            elif not self.sasl_username or not self.sasl_password:
                 raise SettingsError(
                     f"{protocol} needs KAFKA_SASL_USERNAME and KAFKA_SASL_PASSWORD "
                     "(or KAFKA_SASL_PASSWORD_FILE)"
                 )
-        elif self.sasl_username or self.sasl_password:
+        elif self.sasl_username or self.sasl_password or self.sasl_oauth_token_file:
             raise SettingsError(
-                f"a SASL user is set but KAFKA_SECURITY_PROTOCOL is {protocol}: "
+                f"SASL credentials are set but KAFKA_SECURITY_PROTOCOL is {protocol}: "
                 "use SASL_SSL (or SASL_PLAINTEXT)"
             )
         files = (self.ssl_cafile, self.ssl_certfile, self.ssl_keyfile)
@@ -149,6 +239,17 @@ class Connection:
         _file("KAFKA_SSL_KEYFILE", self.ssl_keyfile)
         if self.tls:
             self.ssl_context  # noqa: B018 - a broken file is a settings error, found now
+
+    def _check_oauth(self) -> None:
+        if self.sasl_username or self.sasl_password:
+            raise SettingsError(
+                "OAUTHBEARER takes its identity from the token: unset KAFKA_SASL_USERNAME "
+                "and the password, set KAFKA_SASL_OAUTH_TOKEN_FILE"
+            )
+        if not self.sasl_oauth_token_file:
+            raise SettingsError("OAUTHBEARER needs KAFKA_SASL_OAUTH_TOKEN_FILE (the bearer token)")
+        _file("KAFKA_SASL_OAUTH_TOKEN_FILE", self.sasl_oauth_token_file)
+        self.token_provider.read()  # an empty or unreadable token is a settings error, now
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None) -> Connection:
@@ -172,6 +273,7 @@ class Connection:
             sasl_username=get("KAFKA_SASL_USERNAME"),
             sasl_password=password,
             sasl_password_file=password_file,
+            sasl_oauth_token_file=get("KAFKA_SASL_OAUTH_TOKEN_FILE"),
             ssl_cafile=get("KAFKA_SSL_CAFILE"),
             ssl_certfile=get("KAFKA_SSL_CERTFILE"),
             ssl_keyfile=get("KAFKA_SSL_KEYFILE"),
@@ -186,8 +288,19 @@ class Connection:
         return self.security_protocol.startswith("SASL_")
 
     @property
+    def oauth(self) -> bool:
+        return self.sasl and self.sasl_mechanism == OAUTHBEARER
+
+    @cached_property
+    def token_provider(self) -> FileTokenProvider | None:
+        """One provider per connection, shared by its clients (OAUTHBEARER only)."""
+        return FileTokenProvider(self.sasl_oauth_token_file) if self.oauth else None
+
+    @property
     def principal(self) -> str:
         """Who the brokers' ACLs see (for messages; a client certificate's DN is not read)."""
+        if self.oauth:
+            return f"User:{self.token_provider.subject() or '<the token subject>'}"
         if self.sasl:
             return f"User:{self.sasl_username}"
         return "User:<the client certificate's subject>" if self.ssl_certfile else "User:ANONYMOUS"
@@ -213,7 +326,10 @@ class Connection:
         }
         if self.tls:
             kwargs["ssl_context"] = self.ssl_context
-        if self.sasl:
+        if self.oauth:
+            kwargs["sasl_mechanism"] = OAUTHBEARER
+            kwargs["sasl_oauth_token_provider"] = self.token_provider
+        elif self.sasl:
             kwargs["sasl_mechanism"] = self.sasl_mechanism
             kwargs["sasl_plain_username"] = self.sasl_username
             kwargs["sasl_plain_password"] = self.sasl_password
@@ -225,7 +341,11 @@ class Connection:
 
         brokers = [f"kafka://{s.strip()}" for s in self.bootstrap_servers.split(",") if s.strip()]
         kwargs: dict[str, Any] = {"broker": brokers}
-        if self.sasl:
+        if self.oauth:
+            kwargs["broker_credentials"] = faust.OAuthCredentials(
+                oauth_cb=self.token_provider, ssl_context=self.ssl_context
+            )
+        elif self.sasl:
             kwargs["broker_credentials"] = faust.SASLCredentials(
                 username=self.sasl_username,
                 password=self.sasl_password,
@@ -245,6 +365,7 @@ class Connection:
             "KAFKA_SASL_USERNAME": self.sasl_username or "",
             "KAFKA_SASL_PASSWORD": "",
             "KAFKA_SASL_PASSWORD_FILE": self.sasl_password_file or "",
+            "KAFKA_SASL_OAUTH_TOKEN_FILE": self.sasl_oauth_token_file or "",
             "KAFKA_SSL_CAFILE": self.ssl_cafile or "",
             "KAFKA_SSL_CERTFILE": self.ssl_certfile or "",
             "KAFKA_SSL_KEYFILE": self.ssl_keyfile or "",
@@ -256,7 +377,9 @@ class Connection:
     def describe(self) -> str:
         """For logs: where and how, never the password."""
         how = self.security_protocol
-        if self.sasl:
+        if self.oauth:
+            how += f" OAUTHBEARER with the token in {self.sasl_oauth_token_file}"
+        elif self.sasl:
             how += f" {self.sasl_mechanism} as {self.sasl_username!r}"
         if self.tls:
             how += f", trusting {self.ssl_cafile or 'the system CAs'}"
@@ -314,6 +437,14 @@ class Connection:
             )
         if isinstance(exc, UnsupportedSaslMechanismError):
             return KafkaRefused(f"SASL: {exc.args[0] if exc.args else exc} (at {where})")
+        if isinstance(exc, SettingsError):  # the token file went missing or empty
+            return KafkaRefused(str(exc))
+        if isinstance(exc, BrokerResponseError) and self.oauth:
+            return KafkaRefused(
+                f"SASL authentication with the OAUTHBEARER token in {self.sasl_oauth_token_file} "
+                f"at {where} failed: {_reason(exc)}; check that the token is current and that "
+                "the brokers trust its issuer"
+            )
         if isinstance(exc, BrokerResponseError) and self.sasl:
             # SaslAuthenticationFailed, IllegalSaslState... : the broker said no
             return KafkaRefused(

@@ -1,6 +1,6 @@
 """The batch engine: whole fetched batches in, one transaction per worker per commit out.
 
-How a record travels (README, "Design"):
+How a record travels (docs/design.md):
 1. The consumer's fetch returns a batch per partition (app.internals replaces
    Faust's per-record drain loop); `handle` checks that each batch follows the
    last one handled, then the processor runs it synchronously: state changes go
@@ -357,6 +357,7 @@ class Engine:
                 records[0].offset,
                 min(expected, records[-1].offset + 1) - 1,
                 expected,
+                extra={"topic": tp.topic, "partition": tp.partition},
             )
             records = late
             if not records:

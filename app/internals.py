@@ -1,7 +1,7 @@
 """Every touch of Faust's and aiokafka's internals, in one module, each with its reason.
 
 Pinned: faust-streaming 0.15.x and aiokafka 0.12-0.14 (pyproject.toml). What is
-replaced, and why (README, "Design"):
+replaced, and why (docs/design.md):
 
 Faust
 - `MergerConsumer._drain_messages`: Faust's drain loop turns every fetched

@@ -8,7 +8,7 @@ which the shell applies in one transaction, and a line to log. Nothing here read
 a clock: `now_ms` is an argument.
 
 Every execution's state leaves after a retention, and a RUNNING record never
-follows the terminal record of its execution (README, "Choices where the
+follows the terminal record of its execution (docs/design.md, "Choices where the
 contract is silent"):
 - a held RUNNING is flushed once at `first_ts + stale_after`, then leaves the
   state at `first_ts + held_retention` (first_ts: its first event's Kafka

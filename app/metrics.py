@@ -6,7 +6,8 @@ stood when the commit was cut, and the Kafka timestamps of the terminal events
 whose records it published); everything else is read when Prometheus scrapes,
 by a custom collector: the committed counters, the held-execution census
 (app.inflight, cached) and the consumer lag (end offsets asked of the broker at
-most once per scrape).
+most once per scrape). prometheus_client's process, GC and platform collectors
+are in the same registry.
 
 Counters count what committed: a record the engine handled but whose
 transaction has not committed yet is not in them.
@@ -19,7 +20,14 @@ import bisect
 import logging
 import time
 
-from prometheus_client import CollectorRegistry, Histogram, generate_latest
+from prometheus_client import (
+    CollectorRegistry,
+    GCCollector,
+    Histogram,
+    PlatformCollector,
+    ProcessCollector,
+    generate_latest,
+)
 from prometheus_client.core import (
     CounterMetricFamily,
     GaugeMetricFamily,
@@ -91,6 +99,13 @@ class Metrics(Collector):
         self.engine = engine
         self.census = census  # app.inflight.InFlight
         self.registry = CollectorRegistry(auto_describe=False)
+        # The process as the operating system sees it (process_resident_memory_bytes,
+        # process_cpu_seconds_total, process_open_fds, ...), Python's garbage collector
+        # (python_gc_*) and the interpreter's version: prometheus_client's own
+        # collectors, registered in this registry rather than its global default one.
+        ProcessCollector(registry=self.registry)
+        GCCollector(registry=self.registry)
+        PlatformCollector(registry=self.registry)
         self.commit_seconds = Histogram(
             "cameleer_commit_seconds",
             "Duration of a commit: records handed over, delivered, offsets and transaction end",

@@ -193,7 +193,7 @@ class Processor:
             due, execution_id = parse_index_key(key)
             stored = self.store.get(partition, state_key(execution_id))
             decision = merge.sweep_entry(execution_id, due, stored, self.rules, now, safe_ms)
-            self._apply(partition, decision, outbox)
+            self._apply(partition, decision, outbox, execution_id)
             if decision.outputs and decision.terminal_ts_ms >= 0:  # a waiting terminal's
                 self.published_ms.append(decision.terminal_ts_ms)
             self.retention.add(decision.counter)
@@ -202,7 +202,9 @@ class Processor:
         self.counts["sweep_entries"] += len(keys)
         return len(keys)
 
-    def _apply(self, partition: int, decision: Decision, outbox) -> None:
+    def _apply(
+        self, partition: int, decision: Decision, outbox, execution_id: str | None = None
+    ) -> None:
         if decision.writes:
             self.store.apply(partition, decision.writes)
         for out in decision.outputs:
@@ -219,7 +221,9 @@ class Processor:
         if decision.counter:
             self.counts[decision.counter] += 1
         if decision.note:  # e.g. a held RUNNING that reached its retention
-            log.info("%s", decision.note)
+            log.info(
+                "%s", decision.note, extra={"execution_id": execution_id, "partition": partition}
+            )
 
     def _dead(self, partition: int, dead: DeadLetter, outbox) -> None:
         src = dead.source
@@ -248,4 +252,5 @@ class Processor:
             src.topic,
             src.partition,
             src.offset,
+            extra={"partition": src.partition, "topic": src.topic, "offset": src.offset},
         )

@@ -1,4 +1,4 @@
-"""The worker's HTTP endpoints, as Faust web views (README, "Running it in production").
+"""The worker's HTTP endpoints, as Faust web views (docs/operating.md).
 
 - /metrics: Prometheus text format (prometheus_client, app.metrics)
 - /health: liveness, 200 while the event loop answers

@@ -23,6 +23,7 @@ from .config import Settings
 from .engine import Engine
 from .inflight import InFlight, derive_held_index
 from .internals import EosProducer, MergerApp, MergerAssignor, derive_on_recovery
+from .logs import logging_config
 from .merge import Rules
 from .metrics import Metrics
 from .processor import Destinations, Processor
@@ -34,7 +35,7 @@ log = logging.getLogger(__name__)
 
 SWEEP_INTERVAL = 1.0  # seconds between stale/expiry sweeps of the owned partitions
 RAW = "raw"
-PRODUCER_BATCH_BYTES = 512 * 1024  # per-partition produce batch (bench: README "Performance")
+PRODUCER_BATCH_BYTES = 512 * 1024  # per-partition produce batch (bench: docs/performance.md)
 MAX_REQUEST_BYTES = 8 * 1024 * 1024  # a produce request holds several batches
 # How soon the group's leader sees partitions added to the raw topic (its metadata
 # refresh), and starts the rebalance that assigns them. Records on a new partition
@@ -174,6 +175,7 @@ def create_app(settings: Settings, layout: Layout) -> faust.App:
         broker_session_timeout=10.0,
         broker_heartbeat_interval=2.0,
         loghandlers=[],
+        logging_config=logging_config(settings.log_format, settings.log_level),
     )
 
     def topic(*names: str, **kw):

@@ -54,6 +54,7 @@ class WorkerProcess:
     process: subprocess.Popen | None = None
     web_port: int = 0
     starts: int = 0
+    command: list[str] | None = None  # another installation's cameleer-merger
 
     def __post_init__(self) -> None:
         if isinstance(self.connection, str):
@@ -80,7 +81,7 @@ class WorkerProcess:
         self.log_path = self.state_dir / f"worker-{self.starts}.log"
         with open(self.log_path, "wb") as log:
             self.process = subprocess.Popen(
-                WORKER_COMMAND,
+                self.command or WORKER_COMMAND,
                 env=env,
                 stdout=log,
                 stderr=subprocess.STDOUT,

@@ -1,6 +1,6 @@
-"""Downstream stores fed the merged topic, for real: the README's promise, checked.
+"""Downstream stores fed the merged topic, for real: the documented promise, checked.
 
-`downstream.readme` extracts the README's downstream SQL as written;
+`downstream.readme` extracts the downstream SQL of docs/downstream.md as written;
 `downstream.expected` derives from the contract's reference model what the stores
 must count; `downstream.stores` runs ClickHouse (chDB) and append-only Parquet
 files read by DuckDB; `downstream.phase` feeds a topic to both (read_committed,

@@ -1,4 +1,4 @@
-"""The SQL of the README's "For downstream consumers" section, block by block, as written.
+"""The SQL of the "For downstream consumers" section (docs/downstream.md), as written.
 
 Every fenced ```sql block of that section is returned; its first line is a comment
 naming the engine that runs it (`-- ClickHouse...` or `-- DuckDB...`), and a block
@@ -13,7 +13,7 @@ import re
 from dataclasses import dataclass
 from pathlib import Path
 
-README = Path(__file__).resolve().parent.parent / "README.md"
+README = Path(__file__).resolve().parent.parent / "docs" / "downstream.md"
 SECTION = "## For downstream consumers"
 CLICKHOUSE = "clickhouse"
 DUCKDB = "duckdb"
@@ -30,13 +30,13 @@ def section(text: str) -> str:
     """The text of the downstream section: from its heading to the next `## ` heading."""
     start = text.find(SECTION)
     if start < 0:
-        raise ValueError(f"no {SECTION!r} section in the README")
+        raise ValueError(f"no {SECTION!r} section in docs/downstream.md")
     end = text.find("\n## ", start + len(SECTION))
     return text[start : end if end >= 0 else len(text)]
 
 
 def blocks(text: str | None = None) -> list[SqlBlock]:
-    """The section's ```sql blocks, in order (the README itself when text is None)."""
+    """The section's ```sql blocks, in order (docs/downstream.md when text is None)."""
     if text is None:
         text = README.read_text(encoding="utf-8")
     found = []

@@ -13,14 +13,19 @@ replication tests and `make chaos --brokers 3`, where one broker is killed mid-s
 
 Opt-in (`start(secure=Secure(...))`, for the security tests): a second listener,
 SASL_SSL with SCRAM-SHA-512, whose users are made by Kafka's own storage tool
-when the data folder is formatted, and optionally the StandardAuthorizer. The
-PLAINTEXT listener stays, for the tests' own admin (a super user there).
+when the data folder is formatted, and optionally the StandardAuthorizer and
+OAUTHBEARER beside SCRAM on that listener. OAUTHBEARER is validated by Kafka's
+unsecured JWS handler, which accepts any unsigned token (`unsecured_token`): for
+tests only, never for a real cluster, whose brokers validate signed tokens against
+their identity provider. The PLAINTEXT listener stays, for the tests' own admin (a
+super user there).
 """
 
 from __future__ import annotations
 
 import base64
 import contextlib
+import json
 import os
 import shutil
 import signal
@@ -143,6 +148,7 @@ def parse_bootstrap(servers: str) -> tuple[str, int]:
 
 
 SCRAM = "SCRAM-SHA-512"
+UNSECURED_OAUTH = "org.apache.kafka.common.security.oauthbearer"
 STANDARD_AUTHORIZER = "org.apache.kafka.metadata.authorizer.StandardAuthorizer"
 
 
@@ -154,6 +160,7 @@ class Secure:
     users: dict[str, str] = field(default_factory=dict)  # name -> password, made at format time
     authorizer: bool = False  # StandardAuthorizer; super users below, everyone else needs ACLs
     super_users: tuple[str, ...] = ("ANONYMOUS",)  # ANONYMOUS: the PLAINTEXT listener's clients
+    oauthbearer: bool = False  # OAUTHBEARER too, with the unsecured validator (tests only)
 
 
 @dataclass
@@ -284,8 +291,9 @@ log.cleaner.backoff.ms=1000
 
 def _secure_properties(secure: Secure) -> str:
     certs = secure.certificates
+    mechanisms = f"{SCRAM},OAUTHBEARER" if secure.oauthbearer else SCRAM
     props = f"""\
-sasl.enabled.mechanisms={SCRAM}
+sasl.enabled.mechanisms={mechanisms}
 listener.name.sasl_ssl.scram-sha-512.sasl.jaas.config=\
 org.apache.kafka.common.security.scram.ScramLoginModule required;
 ssl.keystore.type=PKCS12
@@ -293,6 +301,15 @@ ssl.keystore.location={certs.keystore}
 ssl.keystore.password={certs.keystore_password}
 ssl.key.password={certs.keystore_password}
 ssl.client.auth=none
+"""
+    if secure.oauthbearer:
+        # The principal is the token's `sub`; the broker's own login (never used: brokers
+        # talk over PLAINTEXT) needs a subject all the same.
+        props += f"""\
+listener.name.sasl_ssl.oauthbearer.sasl.jaas.config=\
+{UNSECURED_OAUTH}.OAuthBearerLoginModule required unsecuredLoginStringClaim_sub="broker";
+listener.name.sasl_ssl.oauthbearer.sasl.server.callback.handler.class=\
+{UNSECURED_OAUTH}.internals.unsecured.OAuthBearerUnsecuredValidatorCallbackHandler
 """
     if secure.authorizer:
         supers = ";".join(f"User:{name}" for name in secure.super_users)
@@ -445,6 +462,18 @@ def start_cluster(
         cluster.stop()
         raise
     return cluster
+
+
+def unsecured_token(subject: str, lifetime: float = 3600.0) -> str:
+    """An unsigned JWS (`alg: none`) for `subject`, valid `lifetime` seconds from now (a
+    negative lifetime: already expired). Only the unsecured validator above accepts it."""
+
+    def part(obj: dict) -> str:
+        return base64.urlsafe_b64encode(json.dumps(obj).encode()).decode().rstrip("=")
+
+    expires = int(time.time() + lifetime)
+    claims = {"sub": subject, "iat": min(int(time.time()), expires - 60), "exp": expires}
+    return f"{part({'alg': 'none'})}.{part(claims)}."
 
 
 def _cluster_id() -> str:

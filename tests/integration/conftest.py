@@ -10,6 +10,7 @@ from __future__ import annotations
 import os
 import uuid
 from collections.abc import Iterator
+from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
 
 import pytest
@@ -18,6 +19,28 @@ import localkafka
 from chaos.processes import Topics, WorkerProcess
 
 from .harness import create_topic
+
+_INSTALL_SELECTED = False  # is a test of test_installed.py in this session?
+
+
+def pytest_collection_modifyitems(config, items) -> None:
+    global _INSTALL_SELECTED
+    _INSTALL_SELECTED = any(
+        item.nodeid.startswith("tests/integration/test_installed.py") for item in items
+    )
+
+
+@pytest.fixture(scope="session", autouse=True)
+def image_install(tmp_path_factory) -> Iterator[Future | None]:
+    """The package installed as the container image installs it (test_installed.py),
+    started in a thread at the session's start when that module's tests are selected."""
+    if not _INSTALL_SELECTED:
+        yield None
+        return
+    from .test_installed import install_like_the_image
+
+    with ThreadPoolExecutor(1, thread_name_prefix="image-install") as pool:
+        yield pool.submit(install_like_the_image, tmp_path_factory.mktemp("image"))
 
 
 @pytest.fixture(scope="session")

@@ -1,9 +1,12 @@
-"""A secured cluster: TLS, SASL (SCRAM-SHA-512) and ACLs, on the real broker.
+"""A secured cluster: TLS, SASL (SCRAM-SHA-512, OAUTHBEARER) and ACLs, on the real broker.
 
 This module starts a broker of its own with the opt-in SASL_SSL listener and the
 StandardAuthorizer (localkafka.Secure): certificates made with openssl in a
 temporary folder, SCRAM users made by Kafka's storage tool when the broker is
-formatted, ACLs granted with Kafka's kafka-acls tool. The harness itself
+formatted, ACLs granted with Kafka's kafka-acls tool. The same listener takes
+OAUTHBEARER tokens, checked by Kafka's unsecured validator (unsigned tokens, for
+tests only); a token's `sub` is the principal, so a token for merger has merger's
+ACLs. The harness itself
 (topics, produce, consume) uses the broker's PLAINTEXT listener, whose
 anonymous clients are super users, as the tests' admin.
 """
@@ -27,7 +30,7 @@ from aiokafka.protocol.admin import CreateAclsRequest, DeleteAclsRequest
 import localkafka
 from app import access
 from app.config import Settings
-from app.connection import Connection
+from app.connection import Connection, KafkaRefused
 from app.topics import ensure_topics
 from chaos.processes import WORKER_COMMAND, Topics, WorkerProcess
 from localkafka.tls import Certificates, make_broker_certificates, make_ca
@@ -65,8 +68,20 @@ class SecureCluster:
         }
         return Connection(**{**settings, **changes})
 
+    def oauth_connection(self, token: str) -> Connection:
+        """SASL_SSL with OAUTHBEARER, the token in a file (as Kubernetes projects one)."""
+        token_file = self.folder / "oauth-token"
+        write_token(token_file, token)
+        return Connection(
+            bootstrap_servers=self.broker.secure_bootstrap,
+            security_protocol="SASL_SSL",
+            sasl_mechanism="OAUTHBEARER",
+            sasl_oauth_token_file=str(token_file),
+            ssl_cafile=str(self.certs.ca_file),
+        )
+
     def admin_properties(self) -> Path:
-        """The --command-config of Kafka's tools, as the README shows it."""
+        """The --command-config of Kafka's tools, as docs/operating.md shows it."""
         path = self.folder / "admin.properties"
         path.write_text(
             "security.protocol=SASL_SSL\n"
@@ -79,13 +94,20 @@ class SecureCluster:
         return path
 
 
+def write_token(path: Path, token: str) -> None:
+    """A new file swapped in, as Kubernetes refreshes a projected token."""
+    tmp = path.with_suffix(".new")
+    tmp.write_text(token)
+    tmp.replace(path)
+
+
 @pytest.fixture(scope="module")
 def cluster(tmp_path_factory) -> Iterator[SecureCluster]:
     folder = tmp_path_factory.mktemp("secure")
     certs = make_broker_certificates(folder / "certs")
     passwords = {user: secrets.token_urlsafe(16) for user in USERS}
     secure = localkafka.Secure(
-        certs, passwords, authorizer=True, super_users=("ANONYMOUS", "admin")
+        certs, passwords, authorizer=True, super_users=("ANONYMOUS", "admin"), oauthbearer=True
     )
     broker = localkafka.start(
         data_dir=folder / "kafka", heap=os.environ.get("KAFKA_HEAP", "512m"), secure=secure
@@ -124,7 +146,7 @@ def worker_settings(cluster: SecureCluster, topics: Topics, connection: Connecti
 
 @pytest.fixture(scope="module")
 def granted(cluster, secure_topics) -> list[access.Grant]:
-    """Exactly the ACLs the README lists (access.needed), granted to merger with kafka-acls."""
+    """The ACLs docs/operating.md lists (access.needed), granted to merger with kafka-acls."""
     settings = worker_settings(cluster, secure_topics, cluster.connection())
     grants = access.needed(settings)
     config = cluster.admin_properties()
@@ -330,3 +352,51 @@ def test_merge_over_sasl_ssl_with_exactly_the_documented_acls(
             line for line in f.read().decode(errors="replace").splitlines() if "Denied" in line
         ]
     assert [line for line in denied if "User:merger" in line] == []
+
+
+# ---- OAUTHBEARER: the token from a file, read again when it is refreshed -------------
+
+
+def test_an_expired_token_is_one_line_and_a_quick_exit(cluster, secure_topics):
+    expired = cluster.oauth_connection(localkafka.unsecured_token("merger", lifetime=-600))
+    code, lines, seconds = run_command(cluster, secure_topics, expired)
+    assert_one_clear_line(
+        code, lines, seconds, "SASL authentication with the OAUTHBEARER token in", "oauth-token"
+    )
+
+
+def test_a_refreshed_token_file_is_read_at_the_next_login(cluster):
+    """One Connection (one token provider), its file replaced: the next login uses the new
+    token. An expired token is refused, its replacement accepted, with nothing restarted."""
+    conn = cluster.oauth_connection(localkafka.unsecured_token("merger", lifetime=-600))
+    with pytest.raises(KafkaRefused, match="OAUTHBEARER token"):
+        asyncio.run(conn.check(timeout=10))
+    write_token(Path(conn.sasl_oauth_token_file), localkafka.unsecured_token("merger"))
+    asyncio.run(conn.check(timeout=10))  # no exception: authenticated
+
+
+def test_merge_over_sasl_ssl_with_an_oauthbearer_token(cluster, secure_topics, granted, tmp_path):
+    """The worker on OAUTHBEARER: a token whose subject is merger gets merger's ACLs."""
+    connection = cluster.oauth_connection(localkafka.unsecured_token("merger"))
+    worker = WorkerProcess(
+        connection, secure_topics, tmp_path / "worker", extra_env={"CAMELEER_WEB_PORT": "0"}
+    )
+    worker.start()
+    try:
+        eid = f"exec-{uuid.uuid4()}"
+        produce(
+            cluster.plaintext,
+            secure_topics.raw,
+            [
+                (eid.encode(), event(eid, "RUNNING", route_id="oauth", start_time="t0")),
+                (eid.encode(), event(eid, "COMPLETED", duration_ms=3)),
+            ],
+        )
+        records = consume_until(
+            cluster.plaintext, secure_topics.output, lambda rs: bool(for_key(rs, eid))
+        )
+        [merged] = for_key(records, eid)
+        assert merged.origin == "merged" and merged.json["route_id"] == "oauth"
+    finally:
+        worker.stop()
+    assert "via OAUTHBEARER" in worker.log_path.read_text(errors="replace")

@@ -68,3 +68,10 @@ def test_every_kafka_codec_is_accepted(codec):
 def test_replication_defaults_to_three_or_the_broker_count(setting, brokers, replicas):
     s = Settings.from_env({"CAMELEER_REPLICATION_FACTOR": setting})
     assert s.replication(brokers) == replicas
+
+
+def test_log_format_is_text_by_default_and_json_on_request():
+    assert Settings.from_env({}).log_format == "text"
+    assert Settings.from_env({"CAMELEER_LOG_FORMAT": " JSON "}).log_format == "json"
+    with pytest.raises(ValueError, match="CAMELEER_LOG_FORMAT must be text or json"):
+        Settings.from_env({"CAMELEER_LOG_FORMAT": "xml"})

@@ -2,20 +2,23 @@
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import io
 import ssl
 from pathlib import Path
 
 import pytest
+from aiokafka.abc import AbstractTokenProvider
 from faust.transport.drivers.aiokafka import credentials_to_aiokafka_auth
 
 from app import access
 from app.config import Settings, apply_arguments, argument_parser
 from app.connection import Connection, SettingsError
+from localkafka import unsecured_token
 from localkafka.tls import make_ca
 
-README = Path(__file__).parents[2] / "README.md"
+OPERATING = Path(__file__).parents[2] / "docs" / "operating.md"
 SECRET = "s3cr3t-Pa55word"
 
 
@@ -122,7 +125,7 @@ def test_command_line_options_set_the_connection(ca):
         ({"KAFKA_SECURITY_PROTOCOL": "TLS"}, "KAFKA_SECURITY_PROTOCOL must be one of"),
         ({"KAFKA_SASL_MECHANISM": "GSSAPI"}, "KAFKA_SASL_MECHANISM must be one of"),
         ({"KAFKA_SASL_PASSWORD": ""}, "needs KAFKA_SASL_USERNAME and KAFKA_SASL_PASSWORD"),
-        ({"KAFKA_SECURITY_PROTOCOL": "SSL"}, "a SASL user is set but"),
+        ({"KAFKA_SECURITY_PROTOCOL": "SSL"}, "SASL credentials are set but"),
         ({"KAFKA_SSL_CAFILE": "/no/such/ca.pem"}, "KAFKA_SSL_CAFILE: no such file: /no/such"),
         ({"KAFKA_SSL_KEYFILE": __file__}, "KAFKA_SSL_KEYFILE needs KAFKA_SSL_CERTFILE"),
         ({"KAFKA_SSL_CAFILE": __file__}, "cannot load the TLS files"),
@@ -150,12 +153,81 @@ def test_every_connection_option_is_in_the_help():
         assert flag in text
 
 
-def test_readme_lists_exactly_the_acls_the_worker_checks():
-    """The kafka-acls commands in the README are the ones access.needed() gives."""
-    readme = README.read_text(encoding="utf-8")
+def test_operating_guide_lists_exactly_the_acls_the_worker_checks():
+    """The kafka-acls commands in docs/operating.md are the ones access.needed() gives."""
+    readme = OPERATING.read_text(encoding="utf-8")
     grants = access.needed(Settings.from_env({}))
     commands = access.kafka_acls_commands(grants, "User:cameleer-merger")
     listed = [line for line in readme.splitlines() if line.startswith("kafka-acls ")]
     assert [line.split(" --add ", 1)[1] for line in listed] == [
         c.removeprefix("--add ") for c in commands
     ]
+
+
+# ---- OAUTHBEARER: a token from a file, read again when it changes --------------------
+
+
+def oauth_env(ca: str, token_file: Path, **more: str) -> dict[str, str]:
+    return {
+        "KAFKA_BOOTSTRAP_SERVERS": "b1:9093",
+        "KAFKA_SECURITY_PROTOCOL": "SASL_SSL",
+        "KAFKA_SASL_MECHANISM": "oauthbearer",
+        "KAFKA_SASL_OAUTH_TOKEN_FILE": str(token_file),
+        "KAFKA_SSL_CAFILE": ca,
+        **more,
+    }
+
+
+def replace(path: Path, text: str) -> None:
+    """As Kubernetes refreshes a projected token: a new file swapped in."""
+    tmp = path.with_suffix(".new")
+    tmp.write_text(text)
+    tmp.replace(path)
+
+
+def test_oauthbearer_gives_every_client_one_token_provider_that_rereads_the_file(ca, tmp_path):
+    token_file = tmp_path / "token"
+    first = unsecured_token("merger")
+    token_file.write_text(first + "\n")
+    conn = Connection.from_env(oauth_env(ca, token_file))
+    kwargs = conn.aiokafka_kwargs()
+    provider = kwargs["sasl_oauth_token_provider"]
+    assert isinstance(provider, AbstractTokenProvider)
+    assert kwargs["sasl_mechanism"] == "OAUTHBEARER" and "sasl_plain_username" not in kwargs
+    faust_auth = credentials_to_aiokafka_auth(conn.faust_kwargs()["broker_credentials"])
+    assert faust_auth["sasl_oauth_token_provider"] is provider
+    assert faust_auth["security_protocol"] == "SASL_SSL"
+    assert conn.aiokafka_kwargs()["sasl_oauth_token_provider"] is provider  # one per connection
+    assert asyncio.run(provider.token()) == first
+    second = unsecured_token("merger", lifetime=7200)
+    replace(token_file, second)
+    assert asyncio.run(provider.token()) == second
+    assert conn.principal == "User:merger"
+    assert first not in repr(conn) + conn.describe() + str(conn.env())
+    assert conn.env()["KAFKA_SASL_OAUTH_TOKEN_FILE"] == str(token_file)
+
+
+@pytest.mark.parametrize(
+    ("more", "content", "message"),
+    [
+        ({"KAFKA_SASL_USERNAME": "merger"}, "t", "OAUTHBEARER takes its identity from the token"),
+        ({"KAFKA_SASL_OAUTH_TOKEN_FILE": ""}, "t", "OAUTHBEARER needs KAFKA_SASL_OAUTH_TOKEN_FILE"),
+        ({}, "\n", "KAFKA_SASL_OAUTH_TOKEN_FILE: .* is empty"),
+        ({"KAFKA_SASL_OAUTH_TOKEN_FILE": "/no/such/token"}, "t", "no such file: /no/such/token"),
+        ({"KAFKA_SECURITY_PROTOCOL": "SSL"}, "t", "SASL credentials are set but"),
+    ],
+)
+def test_oauthbearer_settings_are_refused_in_one_line(ca, tmp_path, more, content, message):
+    token_file = tmp_path / "token"
+    token_file.write_text(content)
+    with pytest.raises(SettingsError, match=message):
+        Connection.from_env(oauth_env(ca, token_file, **more))
+
+
+def test_a_token_file_that_goes_missing_is_a_clear_error(ca, tmp_path):
+    token_file = tmp_path / "token"
+    token_file.write_text("t")
+    conn = Connection.from_env(oauth_env(ca, token_file))
+    token_file.unlink()
+    with pytest.raises(SettingsError, match=r"cannot read .*token"):
+        asyncio.run(conn.token_provider.token())

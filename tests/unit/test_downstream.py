@@ -1,4 +1,4 @@
-"""The README's downstream SQL, as written, in real engines (chDB, DuckDB over Parquet).
+"""The SQL of docs/downstream.md, as written, in real engines (chDB, DuckDB over Parquet).
 
 No Kafka here: the records a merged topic holds for a handful of tricky executions
 (a stale RUNNING before its terminal, a stuck one, a terminal-only record with no

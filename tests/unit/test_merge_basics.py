@@ -241,7 +241,7 @@ def test_a_running_replayed_after_the_marker_with_its_own_timestamp_is_never_hel
 
 
 def test_documented_limit_a_running_resent_with_a_new_timestamp_after_the_marker():
-    """README, "Choices": once the marker is gone, a RUNNING re-sent with a new timestamp
+    """docs/design.md, "Choices": once the marker is gone, a RUNNING re-sent with a new timestamp
     cannot be told from a new execution's RUNNING: it is held and flushed. This test pins
     the limit down, so a change to it is seen."""
     store = Store()

@@ -400,7 +400,7 @@ def compare(plan: Plan, driver: Driver, timelines: dict[str, list], settled: boo
 
 def check_never_running_after_terminal(plan: Plan, eid: str, timeline: list, outputs) -> None:
     """CONTRACT: however late a RUNNING arrives, no RUNNING record follows the terminal
-    record. The one case the worker cannot tell (README, "Choices"): a RUNNING whose Kafka
+    record. The one case the worker cannot tell (docs/design.md, "Choices"): a RUNNING whose Kafka
     timestamp is after its terminal event's read, arriving after the terminal's marker
     expired (an agent clock ahead, or a re-send with a new timestamp). The plans' lags
     make such timestamps now and then: an execution with such a RUNNING, read at least
