@@ -20,7 +20,10 @@ Faust
   used a stale cache, then waited for a commit marker no consumer receives);
   a standby's, up to the log's end (a zombie's open transaction made Faust's
   consistency check crash a worker whose standby was past the stable offset).
-- `MergerConsumer.on_partitions_assigned`: counts rebalances (app.metrics).
+- `MergerConsumer.on_partitions_assigned`: counts rebalances (app.metrics), and
+  starts the engine's producer before Faust's table recovery (see there).
+- `static_heartbeat`: a static member's heartbeat carries its instance id
+  (app.kip345); a worker whose instance id was taken over exits.
 - `keep_changelog_queue_on_resume`: Faust empties its changelog queue at every
   `flow_control.resume()`, also after the standbys were sought and resumed,
   when their records queued meanwhile are past the consumer's position: a
@@ -41,6 +44,7 @@ from __future__ import annotations
 
 import asyncio
 import collections
+import functools
 import logging
 import time
 
@@ -57,9 +61,9 @@ from faust.transport.drivers.aiokafka import (
     Transport,
 )
 
-from . import kip447
+from . import kip345, kip447
 from .connection import Connection
-from .engine import Engine
+from .engine import Engine, fatal
 from .kip447 import GroupMetadata
 from .probes import after_last_records, ends_without_open_transactions, standby_ends
 
@@ -260,6 +264,8 @@ class MergerConsumerThread(AIOKafkaConsumerThread):
         # coordinator's heartbeat call is wrapped to note it
         coordinator = self._consumer._coordinator
         do_heartbeat = coordinator._do_heartbeat
+        if coordinator._group_instance_id is not None:
+            do_heartbeat = functools.partial(static_heartbeat, coordinator)
 
         async def _noted_heartbeat():
             ok = await do_heartbeat()
@@ -345,6 +351,54 @@ class MergerConsumerThread(AIOKafkaConsumerThread):
         return await fetch_stable_offsets(
             self._ensure_consumer(), [TopicPartition(tp.topic, tp.partition) for tp in tps]
         )
+
+
+async def static_heartbeat(coordinator) -> bool:
+    """aiokafka's `GroupCoordinator._do_heartbeat` (consumer/group_coordinator.py) for a
+    static member: Heartbeat v3, with the instance id (app.kip345), and a member whose
+    instance id another worker has taken since exits at once, without committing.
+
+    The other answers are handled as aiokafka handles them.
+    """
+    c = coordinator
+    request = kip345.StaticHeartbeatRequest(
+        c.group_id, c.generation, c.member_id, c._group_instance_id
+    )
+    try:
+        resp = await c._send_req(request)
+    except Errors.KafkaError as err:
+        log.error("Heartbeat send request failed: %s. Will retry.", err)
+        return False
+    error_type = Errors.for_code(resp.error_code)
+    if error_type is Errors.NoError:
+        return True
+    if resp.error_code == kip345.FENCED_INSTANCE_ID:
+        # The worker's restart (or a second worker configured with the same instance
+        # id) has joined since: it owns the partitions now. Anything handled here
+        # must not be produced, and rejoining would take the membership back.
+        fatal(
+            "fenced: another worker joined the group with this instance id",
+            ZombieFenced(
+                f"instance id {c._group_instance_id!r}, member {c.member_id} of generation "
+                f"{c.generation}: FENCED_INSTANCE_ID (two live workers must never share "
+                "an instance id)"
+            ),
+        )
+    if error_type in (Errors.GroupCoordinatorNotAvailableError, Errors.NotCoordinatorForGroupError):
+        log.warning("Heartbeat failed for group %s: coordinator not valid", c.group_id)
+        c.coordinator_dead()
+    elif error_type is Errors.RebalanceInProgressError:
+        log.warning("Heartbeat failed for group %s because it is rebalancing", c.group_id)
+        c.request_rejoin()
+        return True  # stay a member while the rebalance lasts
+    elif error_type in (Errors.IllegalGenerationError, Errors.UnknownMemberIdError):
+        log.warning("Heartbeat failed for group %s: %s; rejoining", c.group_id, error_type())
+        c.reset_generation()
+    elif error_type is Errors.GroupAuthorizationFailedError:
+        raise error_type(c.group_id)
+    else:
+        raise Errors.KafkaError(f"Unexpected exception in heartbeat task: {error_type()!r}")
+    return False
 
 
 class MergerConsumer(Consumer):
@@ -456,6 +510,11 @@ class MergerConsumer(Consumer):
 
     async def on_partitions_assigned(self, assigned, generation_id: int = 0) -> None:
         self._engine.counts["rebalances"] += 1
+        # The producer first: its transactional id fences the previous incarnation of
+        # this worker and aborts its open transaction, which the table recovery that
+        # follows would otherwise wait on until the transaction timeout (a static
+        # member restarted within the session timeout gets here at once).
+        await self._engine.start()
         await super().on_partitions_assigned(assigned, generation_id)
 
     async def on_stop(self) -> None:

@@ -15,9 +15,11 @@ def test_defaults_are_the_documented_ones():
     assert (s.compression, s.raw_partitions) == ("none", 6)
 
 
-def test_every_option_is_documented_in_the_readme():
-    readme = (Path(__file__).parents[2] / "README.md").read_text(encoding="utf-8")
-    missing = [o.env for o in OPTIONS if f"`{o.env}`" not in readme]
+def test_every_option_is_documented_in_the_readme_or_docs():
+    root = Path(__file__).parents[2]
+    pages = [root / "README.md", *sorted((root / "docs").glob("**/*.md"))]
+    text = "\n".join(p.read_text(encoding="utf-8") for p in pages)
+    missing = [o.env for o in OPTIONS if f"`{o.env}`" not in text]
     assert missing == []
 
 
@@ -39,6 +41,10 @@ def test_command_line_overrides_the_environment():
         ({"CAMELEER_HELD_RETENTION": "300"}, "must be longer than CAMELEER_STALE_AFTER"),
         ({"CAMELEER_WEB_PORT": "70000"}, "CAMELEER_WEB_PORT must be 0"),
         ({"CAMELEER_WEB_PORT": "-1"}, "CAMELEER_WEB_PORT must be 0"),
+        ({"CAMELEER_INSTANCE_ID": "pod 0"}, "CAMELEER_INSTANCE_ID must be 1 to 249"),
+        ({"CAMELEER_INSTANCE_ID": "p" * 250}, "CAMELEER_INSTANCE_ID must be 1 to 249"),
+        ({"CAMELEER_SESSION_TIMEOUT": "0"}, "CAMELEER_SESSION_TIMEOUT must be positive"),
+        ({"CAMELEER_SESSION_TIMEOUT": "soon"}, "bad setting"),
     ],
 )
 def test_bad_values_are_refused_with_a_clear_message(env, message):
@@ -50,3 +56,24 @@ def test_held_retention_defaults_to_three_days_and_web_port_0_is_allowed():
     s = Settings.from_env({"CAMELEER_WEB_PORT": "0"})
     assert s.held_retention == 3 * 86_400
     assert s.web_port == 0
+
+
+def test_membership_defaults_to_dynamic_with_a_10_s_session():
+    s = Settings.from_env({"CAMELEER_INSTANCE_ID": "  "})
+    assert (s.instance_id, s.session_timeout) == (None, 10.0)
+
+
+def test_instance_id_and_session_timeout_follow_the_settings(tmp_path):
+    from app.worker import heartbeat_interval, transactional_id
+
+    env = {"CAMELEER_STATE_DIR": str(tmp_path), "CAMELEER_APP_ID": "m"}
+    dynamic = Settings.from_env(env)
+    assert transactional_id(dynamic) == f"m-{(tmp_path / 'worker-id').read_text().strip()}"
+    static = Settings.from_env(
+        {**env, "CAMELEER_INSTANCE_ID": "merger-0", "CAMELEER_SESSION_TIMEOUT": "45"}
+    )
+    assert (static.instance_id, static.session_timeout) == ("merger-0", 45.0)
+    # the instance id outlives the state folder: it names the transactional id
+    assert transactional_id(static) == "m-merger-0"
+    assert heartbeat_interval(10.0) == 2.0
+    assert heartbeat_interval(3.0) == 1.0
