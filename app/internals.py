@@ -33,7 +33,9 @@ Faust
 - `derive_on_recovery`: the RocksDB store's changelog replay
   (`Store.apply_changelog_batch`) also writes the local held index
   (app.inflight), in the same write batch as the state it replays.
-- `MergerApp`: the transport above, and the engine passed in.
+- `MergerAssignor`: takes an assignment made for an older address of this worker
+  (a static member restarted under a new one) instead of failing Faust's check.
+- `MergerApp`: the transport and assignor above, and the engine passed in.
 
 aiokafka
 - `EosProducer`: its Sender commits transaction offsets with TxnOffsetCommit v3
@@ -54,6 +56,8 @@ from aiokafka import errors as Errors
 from aiokafka.client import CoordinationType
 from aiokafka.producer.sender import Sender, TxnOffsetCommitHandler
 from aiokafka.producer.transaction_manager import TransactionState
+from faust.assignor.client_assignment import ClientMetadata
+from faust.assignor.partition_assignor import PartitionAssignor
 from faust.transport.consumer import TransactionManager
 from faust.transport.drivers.aiokafka import (
     AIOKafkaConsumerThread,
@@ -606,6 +610,45 @@ def keep_changelog_queue_on_resume(app) -> None:
     queue.clear = clear_unless_resuming  # FlowControlEvent.clear calls queue.clear()
 
 
+class MergerAssignor(PartitionAssignor):
+    """Faust's assignor, taking back an assignment made for an older address of this worker.
+
+    A static member restarted within the session timeout receives the assignment the
+    group leader made for its previous incarnation, with the address (web URL) that
+    one had; Faust asserts it is this worker's, and a worker restarted under another
+    address failed that check at every restart. It is taken as it is; the group is
+    asked to rebalance, once, so that the other workers route this worker's table
+    partitions to its new address (a stable CAMELEER_WEB_ADVERTISED_HOST and port
+    make this never happen).
+    """
+
+    _url_override: str | None = None
+
+    @property
+    def _url(self):
+        return self._url_override or self.app.conf.canonical_url
+
+    def on_assignment(self, assignment) -> None:
+        assigned_to = ClientMetadata.loads(self._decompress(assignment.user_data)).url
+        ours = str(self.app.conf.canonical_url)
+        if assigned_to == ours:
+            super().on_assignment(assignment)
+            return
+        log.warning(
+            "the group assigned these partitions to this worker's previous address %s, "
+            "not %s: taken, and the group asked to rebalance for the new address",
+            assigned_to,
+            ours,
+        )
+        self._url_override = assigned_to
+        try:
+            super().on_assignment(assignment)
+        finally:
+            self._url_override = None
+        # on the consumer's thread, in the coordinator's join: a rejoin follows it
+        self.app.consumer._thread._consumer._coordinator.request_rejoin()
+
+
 class MergerTransactionManager(TransactionManager):
     """Inert: the engine's one producer per worker makes the transactions."""
 
@@ -649,7 +692,7 @@ class MergerApp(faust.App):
         self._engine = engine
         self._registry = registry
         self._connection = connection
-        super().__init__(*args, **kwargs)
+        super().__init__(*args, PartitionAssignor=MergerAssignor, **kwargs)
 
     async def on_start(self) -> None:
         await super().on_start()
