@@ -244,6 +244,11 @@ def create_app(settings: Settings, layout: Layout) -> faust.App:
                     "counts": dict(counts),
                     "seconds": {k: round(v, 3) for k, v in engine.seconds.items()},
                     "agents": len(registry.versions),
+                    # standby partitions of the held table: the last changelog offset read
+                    "standbys": {
+                        str(tp.partition): offset
+                        for tp, offset in app.tables.recovery.standby_offsets.items()
+                    },
                 }
             )
 
