@@ -1,9 +1,10 @@
 """Static group membership on the real broker: restarts without a rebalance, and fencing.
 
 Two workers with instance ids (CAMELEER_INSTANCE_ID) share a raw topic of three
-partitions. One is killed with SIGKILL and restarted at once with its state folder:
-it gets its own partitions back in the same group generation, the other worker's
-assignment does not move, and every execution comes out once, merged. A zombie
+partitions. One is killed with SIGKILL and restarted at once with its state folder (then
+stopped with SIGTERM and restarted, as in a rolling restart): it gets its own
+partitions back in the same group generation, the other worker's assignment does
+not move, and every execution comes out once, merged. A zombie
 (the worker paused while a new process runs under its instance id and state
 folder) is refused and exits. Killed for good, a worker's partitions move to the
 other one after the session timeout.
@@ -189,6 +190,15 @@ def test_a_worker_restarted_with_its_instance_id_gets_its_partitions_back_alone(
     assert generations(b) == b_generations
     assert generations(a) == [a_generation]
     assert owned(a) == own_a
+
+    # A rolling restart: stopped gracefully, a static member sends no LeaveGroup, and
+    # comes back to its partitions in the same generation too.
+    assert a.stop() == 0
+    a.start()
+    wait_for("a's assignment after the rolling restart", lambda: generations(a) and owned(a))
+    assert generations(a) == [a_generation]
+    assert (owned(a), owned(b), rebalances(b)) == (own_a, own_b, b_rebalances)
+    assert generations(b) == b_generations
 
 
 def test_a_zombie_with_the_same_instance_id_and_state_folder_is_refused(bootstrap, topics, pair):
