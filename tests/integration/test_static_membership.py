@@ -31,7 +31,9 @@ from .harness import consume_until, create_topic, event, for_key, partition_of, 
 pytestmark = pytest.mark.integration
 
 PARTITIONS = 3
-SESSION_TIMEOUT = 10.0  # the workers' CAMELEER_SESSION_TIMEOUT
+# the workers' CAMELEER_SESSION_TIMEOUT: a restart must be done within it, and a worker
+# process takes several seconds to start on a loaded machine
+SESSION_TIMEOUT = 30.0
 GENERATION = re.compile(rb"generation (\d+): source partitions resume")
 
 
@@ -171,13 +173,15 @@ def test_a_worker_restarted_with_its_instance_id_gets_its_partitions_back_alone(
 
     a.kill()
     killed = time.monotonic()
+    a.start(wait=False)
     late = [f"{e}-late" for p in sorted(own_a) for e in ids[p]]
     running(bootstrap, topics, late)  # while a is down: waits for its partitions' owner
-    a.start()
+    a.wait_ready()
     wait_for("a's assignment", lambda: generations(a) and owned(a))
+    back = time.monotonic() - killed
 
     # the same generation: the coordinator handed a its assignment without a rebalance
-    assert generations(a) == [a_generation]
+    assert generations(a) == [a_generation], f"a was back after {back:.1f} s"
     assert owned(a) == own_a
     completed(bootstrap, topics, everyone + late)
     merged_once(bootstrap, topics, everyone + late)
