@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import re
 import socket
 from dataclasses import dataclass, fields
 from pathlib import Path
@@ -119,6 +120,23 @@ SETTINGS_OPTIONS = (
         "replicas of every topic the worker (or Faust) creates, the state's changelog "
         "included (default: 3, or the number of brokers when fewer)",
     ),
+    # -- group membership (docs/static-membership.md)
+    Option(
+        "CAMELEER_INSTANCE_ID",
+        "--instance-id",
+        "",
+        "static group membership: this worker's lasting name in the consumer group "
+        "(group.instance.id; in Kubernetes, the StatefulSet pod's name). A worker restarted "
+        "with it within the session timeout gets its partitions back without a rebalance. "
+        "Empty: dynamic membership",
+    ),
+    Option(
+        "CAMELEER_SESSION_TIMEOUT",
+        "--session-timeout",
+        "10",
+        "seconds the group waits for a silent worker before its partitions move; "
+        "at_least_once, a worker silent that long stops producing",
+    ),
 )
 OPTIONS = SETTINGS_OPTIONS + tuple(Option(*o) for o in CONNECTION_OPTIONS)
 
@@ -148,6 +166,9 @@ class Settings:
     batch_max: int
     compression: str
     replication_factor: int | None  # None: min(3, brokers), decided when connected
+    # group membership
+    instance_id: str | None  # group.instance.id; None: dynamic membership
+    session_timeout: float
     connection: Connection  # bootstrap servers and security: every client connects with it
 
     @property
@@ -211,6 +232,8 @@ class Settings:
                 replication_factor=int(raw["replication_factor"])
                 if raw["replication_factor"].strip()
                 else None,
+                instance_id=raw["instance_id"].strip() or None,
+                session_timeout=float(raw["session_timeout"]),
                 connection=connection,
             )
         except ValueError as exc:
@@ -237,7 +260,22 @@ class Settings:
             )
         if settings.replication_factor is not None and settings.replication_factor < 1:
             raise ValueError("CAMELEER_REPLICATION_FACTOR must be at least 1 (or unset)")
+        _check_membership(settings)
         return settings
+
+
+# Kafka's rule for group.instance.id (JoinGroupRequest.validateGroupInstanceId)
+INSTANCE_ID = re.compile(r"[a-zA-Z0-9._-]{1,249}")
+
+
+def _check_membership(settings: Settings) -> None:
+    if settings.instance_id is not None and not INSTANCE_ID.fullmatch(settings.instance_id):
+        raise ValueError(
+            "CAMELEER_INSTANCE_ID must be 1 to 249 of the characters a-z A-Z 0-9 . _ -, "
+            f"not {settings.instance_id!r}"
+        )
+    if not settings.session_timeout > 0:
+        raise ValueError("CAMELEER_SESSION_TIMEOUT must be positive (seconds)")
 
 
 def _advertised(bind: str) -> str:

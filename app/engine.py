@@ -49,10 +49,6 @@ from .statestore import StateStore
 log = logging.getLogger(__name__)
 
 EXIT_FATAL = 70
-# at_least_once has no transaction to fence a zombie: a worker whose group heard
-# nothing from it for a session timeout may have lost its partitions, and must not
-# produce what it handled before (a stale RUNNING after the new owner's terminal).
-SESSION_TIMEOUT_S = 10.0  # app.worker's broker_session_timeout
 # Full batches that may wait for a commit to end before records are no longer handled.
 QUEUED_BYTES_MAX = 16 * 1024**2
 
@@ -116,6 +112,7 @@ class Engine:
         new_producer: Callable[[], object],
         registry_ready: asyncio.Event,
         first_record_at: Callable,
+        session_timeout_s: float = 10.0,
     ) -> None:
         self.processor = processor
         self.store = store
@@ -135,6 +132,11 @@ class Engine:
         self._new_producer = new_producer
         self._registry_ready = registry_ready
         self._first_record_at = first_record_at  # async (tp, offset) -> first record there
+        # at_least_once has no transaction to fence a zombie: a worker whose group heard
+        # nothing from it for a session timeout (the consumer's, CAMELEER_SESSION_TIMEOUT)
+        # may have lost its partitions, and must not produce what it handled before (a
+        # stale RUNNING after the new owner's terminal)
+        self.session_timeout_s = session_timeout_s
         self._port: GroupPort | None = None
         self._lock = asyncio.Lock()  # a batch, a sweep, a commit: one at a time
         self._producer = None
@@ -228,6 +230,12 @@ class Engine:
         self._producer = producer
         self._outbox = Outbox(producer)  # outputs, dead letters, re-key records
         self._changelog = Outbox(producer)  # the held table's changelog
+
+    async def start(self) -> None:
+        """Start the producer now, before the first assignment is sought (idempotent)."""
+        async with self._lock:
+            if not self._stopped:
+                await self._ensure_started()
 
     async def stop(self) -> None:
         """Commit what was handled and stop producing (a graceful stop)."""
@@ -455,12 +463,12 @@ class Engine:
         if self.exactly_once or self._port is None:
             return  # the transaction is fenced instead
         silent = self._port.seconds_since_heartbeat()
-        if silent > SESSION_TIMEOUT_S:
+        if silent > self.session_timeout_s:
             fatal(
                 "fenced: this worker may no longer own its partitions",
                 RuntimeError(
                     f"no heartbeat accepted for {silent:.1f} s (session timeout "
-                    f"{SESSION_TIMEOUT_S:.0f} s): nothing handled since is produced"
+                    f"{self.session_timeout_s:g} s): nothing handled since is produced"
                 ),
             )
 

@@ -26,6 +26,9 @@ Faust
   p % (state partitions). Faust co-partitions topics of equal partition counts
   only: once the raw topic has grown, it would spread the raw partitions apart
   from the re-key and changelog partitions their records are merged in.
+  starts the engine's producer before Faust's table recovery (see there).
+- `static_heartbeat`: a static member's heartbeat carries its instance id
+  (app.kip345); a worker whose instance id was taken over exits.
 - `keep_changelog_queue_on_resume`: Faust empties its changelog queue at every
   `flow_control.resume()`, also after the standbys were sought and resumed,
   when their records queued meanwhile are past the consumer's position: a
@@ -35,7 +38,9 @@ Faust
 - `derive_on_recovery`: the RocksDB store's changelog replay
   (`Store.apply_changelog_batch`) also writes the local held index
   (app.inflight), in the same write batch as the state it replays.
-- `MergerApp`: the transport above, and the engine passed in.
+- `MergerAssignor`: takes an assignment made for an older address of this worker
+  (a static member restarted under a new one) instead of failing Faust's check.
+- `MergerApp`: the transport and assignor above, and the engine passed in.
 
 aiokafka
 - `EosProducer`: its Sender commits transaction offsets with TxnOffsetCommit v3
@@ -46,6 +51,7 @@ from __future__ import annotations
 
 import asyncio
 import collections
+import functools
 import logging
 import time
 
@@ -55,7 +61,8 @@ from aiokafka import errors as Errors
 from aiokafka.client import CoordinationType
 from aiokafka.producer.sender import Sender, TxnOffsetCommitHandler
 from aiokafka.producer.transaction_manager import TransactionState
-from faust.assignor import PartitionAssignor
+from faust.assignor.client_assignment import ClientMetadata
+from faust.assignor.partition_assignor import PartitionAssignor
 from faust.transport.consumer import TransactionManager
 from faust.transport.drivers.aiokafka import (
     AIOKafkaConsumerThread,
@@ -63,7 +70,7 @@ from faust.transport.drivers.aiokafka import (
     Transport,
 )
 
-from . import kip447
+from . import kip345, kip447
 from .connection import Connection
 from .engine import Engine, fatal
 from .kip447 import GroupMetadata
@@ -266,6 +273,8 @@ class MergerConsumerThread(AIOKafkaConsumerThread):
         # coordinator's heartbeat call is wrapped to note it
         coordinator = self._consumer._coordinator
         do_heartbeat = coordinator._do_heartbeat
+        if coordinator._group_instance_id is not None:
+            do_heartbeat = functools.partial(static_heartbeat, coordinator)
 
         async def _noted_heartbeat():
             ok = await do_heartbeat()
@@ -359,6 +368,54 @@ class MergerConsumerThread(AIOKafkaConsumerThread):
         client = self._ensure_consumer()._client
         await client.force_metadata_update()
         return len(client.cluster.partitions_for_topic(topic) or ())
+
+
+async def static_heartbeat(coordinator) -> bool:
+    """aiokafka's `GroupCoordinator._do_heartbeat` (consumer/group_coordinator.py) for a
+    static member: Heartbeat v3, with the instance id (app.kip345), and a member whose
+    instance id another worker has taken since exits at once, without committing.
+
+    The other answers are handled as aiokafka handles them.
+    """
+    c = coordinator
+    request = kip345.StaticHeartbeatRequest(
+        c.group_id, c.generation, c.member_id, c._group_instance_id
+    )
+    try:
+        resp = await c._send_req(request)
+    except Errors.KafkaError as err:
+        log.error("Heartbeat send request failed: %s. Will retry.", err)
+        return False
+    error_type = Errors.for_code(resp.error_code)
+    if error_type is Errors.NoError:
+        return True
+    if resp.error_code == kip345.FENCED_INSTANCE_ID:
+        # The worker's restart (or a second worker configured with the same instance
+        # id) has joined since: it owns the partitions now. Anything handled here
+        # must not be produced, and rejoining would take the membership back.
+        fatal(
+            "fenced: another worker joined the group with this instance id",
+            ZombieFenced(
+                f"instance id {c._group_instance_id!r}, member {c.member_id} of generation "
+                f"{c.generation}: FENCED_INSTANCE_ID (two live workers must never share "
+                "an instance id)"
+            ),
+        )
+    if error_type in (Errors.GroupCoordinatorNotAvailableError, Errors.NotCoordinatorForGroupError):
+        log.warning("Heartbeat failed for group %s: coordinator not valid", c.group_id)
+        c.coordinator_dead()
+    elif error_type is Errors.RebalanceInProgressError:
+        log.warning("Heartbeat failed for group %s because it is rebalancing", c.group_id)
+        c.request_rejoin()
+        return True  # stay a member while the rebalance lasts
+    elif error_type in (Errors.IllegalGenerationError, Errors.UnknownMemberIdError):
+        log.warning("Heartbeat failed for group %s: %s; rejoining", c.group_id, error_type())
+        c.reset_generation()
+    elif error_type is Errors.GroupAuthorizationFailedError:
+        raise error_type(c.group_id)
+    else:
+        raise Errors.KafkaError(f"Unexpected exception in heartbeat task: {error_type()!r}")
+    return False
 
 
 class MergerConsumer(Consumer):
@@ -478,6 +535,11 @@ class MergerConsumer(Consumer):
         problem = self._engine.layout_problem(self.app.assignor.assigned_actives())
         if problem:
             fatal("refusing the assignment", RuntimeError(problem))
+        # The producer first: its transactional id fences the previous incarnation of
+        # this worker and aborts its open transaction, which the table recovery that
+        # follows would otherwise wait on until the transaction timeout (a static
+        # member restarted within the session timeout gets here at once).
+        await self._engine.start()
         await super().on_partitions_assigned(assigned, generation_id)
 
     async def on_stop(self) -> None:
@@ -582,7 +644,45 @@ def colocate_raw(assignments: dict, raw: str, rekey: str, raw_count: int, state_
 
 
 class MergerAssignor(PartitionAssignor):
-    """Faust's assignor, the raw topic's partitions following their state partitions."""
+    """Faust's assignor, with two changes.
+
+    - The raw topic's partitions follow their state partitions: raw partition p goes
+      to the owner of state partition p % (state partitions).
+    - An assignment made for an older address of this worker is taken. A static
+      member restarted within the session timeout receives the assignment the
+      group leader made for its previous incarnation, with the address (web URL)
+      that one had; Faust asserts it is this worker's, and a worker restarted under
+      another address failed that check at every restart. It is taken as it is; the
+      group is asked to rebalance, once, so that the other workers route this
+      worker's table partitions to its new address (a stable
+      CAMELEER_WEB_ADVERTISED_HOST and port make this never happen).
+    """
+
+    _url_override: str | None = None
+
+    @property
+    def _url(self):
+        return self._url_override or self.app.conf.canonical_url
+
+    def on_assignment(self, assignment) -> None:
+        assigned_to = ClientMetadata.loads(self._decompress(assignment.user_data)).url
+        ours = str(self.app.conf.canonical_url)
+        if assigned_to == ours:
+            super().on_assignment(assignment)
+            return
+        log.warning(
+            "the group assigned these partitions to this worker's previous address %s, "
+            "not %s: taken, and the group asked to rebalance for the new address",
+            assigned_to,
+            ours,
+        )
+        self._url_override = assigned_to
+        try:
+            super().on_assignment(assignment)
+        finally:
+            self._url_override = None
+        # on the consumer's thread, in the coordinator's join: a rejoin follows it
+        self.app.consumer._thread._consumer._coordinator.request_rejoin()
 
     def _global_table_standby_assignments(self, assignments, partitions_by_topic):
         # Faust's last step over the co-partitioned assignments (faust/assignor/
@@ -648,7 +748,7 @@ class MergerApp(faust.App):
         self._engine = engine
         self._registry = registry
         self._connection = connection
-        super().__init__(*args, **kwargs)
+        super().__init__(*args, PartitionAssignor=MergerAssignor, **kwargs)
 
     async def on_start(self) -> None:
         await super().on_start()

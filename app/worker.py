@@ -42,6 +42,8 @@ MAX_REQUEST_BYTES = 8 * 1024 * 1024  # a produce request holds several batches
 # wait that long at most; a held RUNNING is not flushed as stale before then
 # unless CAMELEER_STALE_AFTER is shorter (docs/growing-topics.md).
 METADATA_MAX_AGE_MS = 30_000
+HEARTBEAT_INTERVAL_MAX = 2.0
+REQUEST_TIMEOUT = 90.0  # Faust's default; never shorter than the session timeout
 # A dead worker's open transaction blocks read_committed readers of the partitions
 # it wrote until the broker aborts it (when the same worker restarts, at once).
 TRANSACTION_TIMEOUT_MS = 10_000
@@ -71,6 +73,25 @@ def worker_id(state_dir: Path) -> str:
         name = uuid.uuid4().hex[:12]
         path.write_text(name + "\n")
         return name
+
+
+def transactional_id(settings: Settings) -> str:
+    """The worker's transactional id: its instance id when it has one, else its worker id.
+
+    A static member's instance id is unique among the live members (the group
+    coordinator fences an older member with the same one), and it outlives a wiped
+    state folder: a restarted instance fences its previous incarnation's producer,
+    and the broker aborts that one's open transaction at once, whatever became of
+    the state folder.
+    """
+    name = settings.instance_id or worker_id(settings.state_dir)
+    return f"{settings.app_id}-{name}"
+
+
+def heartbeat_interval(session_timeout: float) -> float:
+    """Seconds between heartbeats: a third of the session timeout at most (Kafka's
+    advice), and 2 s at most: the heartbeat is how a member learns of a rebalance."""
+    return min(HEARTBEAT_INTERVAL_MAX, session_timeout / 3)
 
 
 def producer_factory(settings: Settings, transactional_id: str):
@@ -133,11 +154,10 @@ def create_app(settings: Settings, layout: Layout) -> faust.App:
         rekey_topic=rekey_name,
         raw_partitions=layout.raw_partitions,
         state_partitions=partitions,
-        new_producer=producer_factory(
-            settings, f"{settings.app_id}-{worker_id(settings.state_dir)}"
-        ),
+        new_producer=producer_factory(settings, transactional_id(settings)),
         registry_ready=registry.ready,
         first_record_at=first_record_at,
+        session_timeout_s=settings.session_timeout,
     )
     app = MergerApp(
         settings.app_id,
@@ -171,9 +191,13 @@ def create_app(settings: Settings, layout: Layout) -> faust.App:
         # it never applied: Faust emptied its changelog queue on resume
         # (app.internals.keep_changelog_queue_on_resume keeps it).
         table_standby_replicas=1,
-        # A killed worker's partitions move after 10 s, not Faust's default 60 s.
-        broker_session_timeout=10.0,
-        broker_heartbeat_interval=2.0,
+        # A killed worker's partitions move after the session timeout (10 s by
+        # default, not Faust's 60 s); with an instance id, a worker restarted within
+        # it takes its own partitions back without a rebalance (static membership).
+        broker_session_timeout=settings.session_timeout,
+        broker_heartbeat_interval=heartbeat_interval(settings.session_timeout),
+        broker_request_timeout=max(REQUEST_TIMEOUT, settings.session_timeout),
+        consumer_group_instance_id=settings.instance_id,
         loghandlers=[],
         logging_config=logging_config(settings.log_format, settings.log_level),
     )
@@ -234,6 +258,11 @@ def create_app(settings: Settings, layout: Layout) -> faust.App:
                     "counts": dict(counts),
                     "seconds": {k: round(v, 3) for k, v in engine.seconds.items()},
                     "agents": len(registry.versions),
+                    # standby partitions of the held table: the last changelog offset read
+                    "standbys": {
+                        str(tp.partition): offset
+                        for tp, offset in app.tables.recovery.standby_offsets.items()
+                    },
                 }
             )
 

@@ -1,4 +1,4 @@
-"""`make chaos` / `python -m chaos`: the fault-injection run, then the recovery figure."""
+"""`make chaos` / `python -m chaos`: the fault-injection run, then the recovery figures."""
 
 from __future__ import annotations
 
@@ -41,7 +41,15 @@ def main(argv: list[str] | None = None) -> int:
         help="1: one broker, restarted mid-stream; 3: a cluster (replication 3, "
         "min.insync.replicas 2), one broker SIGKILLed mid-stream and restarted",
     )
-    parser.add_argument("--no-recovery", action="store_true", help="skip the recovery figure")
+    parser.add_argument(
+        "--instance-ids",
+        action="store_true",
+        help="static group membership: each worker slot restarts under its own instance id",
+    )
+    parser.add_argument("--no-recovery", action="store_true", help="skip the recovery figures")
+    parser.add_argument(
+        "--recovery-only", action="store_true", help="only the recovery figures, no fault run"
+    )
     parser.add_argument(
         "--no-downstream", action="store_true", help="skip the ClickHouse and Parquet phase"
     )
@@ -61,8 +69,9 @@ def main(argv: list[str] | None = None) -> int:
         unkeyed_pair_share=args.unkeyed_pairs,
         unkeyed_share=args.unkeyed,
         brokers=args.brokers,
+        instance_ids=args.instance_ids,
     )
-    code = main_run(config)
+    code = 0 if args.recovery_only else main_run(config)
     if not args.no_recovery:
         from .recovery import main_recovery
 

@@ -66,7 +66,12 @@ class WorkerProcess:
         return self.extra_env.get("CAMELEER_WEB_PORT") != "0"
 
     def start(self, ready_timeout: float = 120.0, wait: bool = True) -> None:
-        self.web_port = localkafka.free_port() if self.web else 0
+        # a restart keeps the port, as a StatefulSet's pod keeps its address: a static
+        # member restarted at the address the group knows needs no rebalance
+        if self.web and not self.web_port:
+            self.web_port = localkafka.free_port()
+        elif not self.web:
+            self.web_port = 0
         self.state_dir.mkdir(parents=True, exist_ok=True)
         env = {
             **os.environ,

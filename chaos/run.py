@@ -64,6 +64,9 @@ class ChaosConfig:
     settle_timeout: float = 600.0
     guarantee: str = "exactly_once"
     downstream: bool = True  # final phase: ClickHouse (chDB) and Parquet fed the topics
+    # static group membership: worker slot n restarts as instance chaos-w<n>, and a kill
+    # followed by the restart moves no partition
+    instance_ids: bool = False
 
 
 @dataclass
@@ -92,7 +95,7 @@ class Tally:
         ]
 
 
-SESSION_TIMEOUT = 10.0  # the worker's broker_session_timeout (app/worker.py)
+SESSION_TIMEOUT = 10.0  # the workers' CAMELEER_SESSION_TIMEOUT
 
 
 def partition_for(key: bytes, partitions: int) -> int:
@@ -166,7 +169,10 @@ class Chaos:
                 "CAMELEER_STALE_AFTER": str(self.config.stale_after),
                 "CAMELEER_DEDUPE_WINDOW": str(self.config.dedupe_window),
                 "CAMELEER_PROCESSING_GUARANTEE": self.config.guarantee,
+                "CAMELEER_SESSION_TIMEOUT": str(SESSION_TIMEOUT),
             }
+            if self.config.instance_ids:
+                env["CAMELEER_INSTANCE_ID"] = f"chaos-w{n}"
             self.workers.append(WorkerProcess(self.kafka, self.topics, self.dir / f"w{n}", env))
         return self.workers[slot]
 
@@ -633,6 +639,7 @@ def downstream_rows(report) -> list[tuple[str, str]]:
 
 def main_run(config: ChaosConfig) -> int:
     print(f"processing guarantee: {config.guarantee}; brokers: {config.brokers}")
+    print(f"group membership: {'static (instance ids)' if config.instance_ids else 'dynamic'}")
     chaos = Chaos(config)
     verdict, tally = chaos.run()
     print(table(verdict, tally, chaos.downstream))

@@ -17,8 +17,8 @@ def test_defaults_are_the_documented_ones():
 
 def test_every_option_is_documented_in_the_readme_or_docs():
     root = Path(__file__).parents[2]
-    docs = [root / "README.md", *sorted((root / "docs").glob("*.md"))]
-    text = "\n".join(p.read_text(encoding="utf-8") for p in docs)
+    pages = [root / "README.md", *sorted((root / "docs").glob("**/*.md"))]
+    text = "\n".join(p.read_text(encoding="utf-8") for p in pages)
     missing = [o.env for o in OPTIONS if f"`{o.env}`" not in text]
     assert missing == []
 
@@ -43,6 +43,10 @@ def test_command_line_overrides_the_environment():
         ({"CAMELEER_HELD_RETENTION": "300"}, "must be longer than CAMELEER_STALE_AFTER"),
         ({"CAMELEER_WEB_PORT": "70000"}, "CAMELEER_WEB_PORT must be 0"),
         ({"CAMELEER_WEB_PORT": "-1"}, "CAMELEER_WEB_PORT must be 0"),
+        ({"CAMELEER_INSTANCE_ID": "pod 0"}, "CAMELEER_INSTANCE_ID must be 1 to 249"),
+        ({"CAMELEER_INSTANCE_ID": "p" * 250}, "CAMELEER_INSTANCE_ID must be 1 to 249"),
+        ({"CAMELEER_SESSION_TIMEOUT": "0"}, "CAMELEER_SESSION_TIMEOUT must be positive"),
+        ({"CAMELEER_SESSION_TIMEOUT": "soon"}, "bad setting"),
     ],
 )
 def test_bad_values_are_refused_with_a_clear_message(env, message):
@@ -75,3 +79,24 @@ def test_log_format_is_text_by_default_and_json_on_request():
     assert Settings.from_env({"CAMELEER_LOG_FORMAT": " JSON "}).log_format == "json"
     with pytest.raises(ValueError, match="CAMELEER_LOG_FORMAT must be text or json"):
         Settings.from_env({"CAMELEER_LOG_FORMAT": "xml"})
+
+
+def test_membership_defaults_to_dynamic_with_a_10_s_session():
+    s = Settings.from_env({"CAMELEER_INSTANCE_ID": "  "})
+    assert (s.instance_id, s.session_timeout) == (None, 10.0)
+
+
+def test_instance_id_and_session_timeout_follow_the_settings(tmp_path):
+    from app.worker import heartbeat_interval, transactional_id
+
+    env = {"CAMELEER_STATE_DIR": str(tmp_path), "CAMELEER_APP_ID": "m"}
+    dynamic = Settings.from_env(env)
+    assert transactional_id(dynamic) == f"m-{(tmp_path / 'worker-id').read_text().strip()}"
+    static = Settings.from_env(
+        {**env, "CAMELEER_INSTANCE_ID": "merger-0", "CAMELEER_SESSION_TIMEOUT": "45"}
+    )
+    assert (static.instance_id, static.session_timeout) == ("merger-0", 45.0)
+    # the instance id outlives the state folder: it names the transactional id
+    assert transactional_id(static) == "m-merger-0"
+    assert heartbeat_interval(10.0) == 2.0
+    assert heartbeat_interval(3.0) == 1.0
