@@ -5,12 +5,13 @@ VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed-stamp
 
-.PHONY: run test test-unit test-cluster lint format demo chaos bench image kafka-up kafka-down kafka-status jars clean help
+.PHONY: run test test-unit test-long test-cluster lint format demo chaos bench image kafka-up kafka-down kafka-status jars clean help
 
 help:
 	@echo "make run         start a local broker if none answers, then the worker"
 	@echo "make test        every test but the cluster ones, against a broker started for the session"
 	@echo "make test-unit   only the fast tests (no Kafka)"
+	@echo "make test-long   the tests past make test's budget (the cluster's, static membership, growing topics)"
 	@echo "make test-cluster  the three-broker cluster tests (replication, a broker lost)"
 	@echo "make lint        ruff check and format check"
 	@echo "make demo        one minute: broker, worker, simulated agents and tail, then a summary"
@@ -33,7 +34,10 @@ run: jars
 	@$(PY) -m localkafka run -- $(VENV)/bin/cameleer-merger
 
 test: jars
-	$(PY) -m pytest -q -m "not cluster" $(PYTEST_ARGS)
+	$(PY) -m pytest -q -m "not cluster and not long" $(PYTEST_ARGS)
+
+test-long: jars
+	$(PY) -m pytest -q -m "cluster or long" $(PYTEST_ARGS)
 
 test-cluster: jars
 	$(PY) -m pytest -q -m cluster $(PYTEST_ARGS)

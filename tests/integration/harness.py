@@ -62,6 +62,21 @@ def grow_topic(bootstrap: str, name: str, partitions: int) -> None:
     asyncio.run(go())
 
 
+def group_offsets(bootstrap: str, group: str, topic: str) -> dict[int, int]:
+    """The consumer group's committed offsets of `topic`, partition -> offset."""
+
+    async def go():
+        admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap)
+        await admin.start()
+        try:
+            offsets = await admin.list_consumer_group_offsets(group)
+        finally:
+            await admin.close()
+        return {tp.partition: meta.offset for tp, meta in offsets.items() if tp.topic == topic}
+
+    return asyncio.run(go())
+
+
 def describe_config(bootstrap: str, topic: str) -> dict[str, str]:
     from aiokafka.admin.config_resource import ConfigResource, ConfigResourceType
 

@@ -15,6 +15,7 @@ from .harness import (
     consume_until,
     create_topic,
     event,
+    group_offsets,
     partition_of,
     read_to_end,
     settled,
@@ -83,22 +84,6 @@ def test_sigterm_mid_stream_loses_and_doubles_nothing(bootstrap, topics, worker,
         assert (len(lost), len(doubled), len(wrong)) == (0, 0, 0), (lost, doubled, wrong)
     finally:
         successor.stop()
-
-
-def group_offsets(bootstrap: str, group: str, topic: str) -> dict[int, int]:
-    """The consumer group's committed offsets of `topic`, partition -> offset."""
-    from aiokafka.admin import AIOKafkaAdminClient
-
-    async def go():
-        admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap)
-        await admin.start()
-        try:
-            offsets = await admin.list_consumer_group_offsets(group)
-        finally:
-            await admin.close()
-        return {tp.partition: meta.offset for tp, meta in offsets.items() if tp.topic == topic}
-
-    return asyncio.run(go())
 
 
 def raw_ends(bootstrap: str, topic: str) -> dict[int, int]:

@@ -130,6 +130,7 @@ def test_raw_topic_grown_from_3_to_6_with_executions_in_flight(bootstrap, deploy
     assert sum(merged) == 360 and min(merged) > 0, merged
 
 
+@pytest.mark.long  # past make test's budget: make test-long
 def test_raw_topic_grown_from_3_to_4_moves_records_through_the_rekey_topic(bootstrap, deployment):
     topics, workers = deployment
     run = uuid.uuid4().hex[:6]
@@ -168,6 +169,7 @@ def wait_for_exit(worker: WorkerProcess, timeout: float) -> int:
     raise AssertionError(f"worker still running after {timeout:.0f} s:\n{worker.log_tail()}")
 
 
+@pytest.mark.long  # past make test's budget: make test-long
 def test_a_grown_internal_topic_stops_the_worker_and_is_refused_at_start(bootstrap, tmp_path):
     topics = Topics.fresh(uuid.uuid4().hex[:8])
     create_topic(bootstrap, topics.raw, partitions=3)
@@ -198,6 +200,7 @@ def test_a_grown_internal_topic_stops_the_worker_and_is_refused_at_start(bootstr
         worker.stop()
 
 
+@pytest.mark.long  # past make test's budget: make test-long
 def test_raw_topic_grown_while_the_workers_are_down_with_a_backlog_on_every_partition(
     bootstrap, tmp_path
 ):

@@ -28,7 +28,7 @@ from chaos.processes import Topics, WorkerProcess
 
 from .harness import consume_until, create_topic, event, for_key, partition_of, produce
 
-pytestmark = pytest.mark.integration
+pytestmark = [pytest.mark.integration, pytest.mark.long]
 
 PARTITIONS = 3
 # the workers' CAMELEER_SESSION_TIMEOUT: a restart must be done within it, and a worker
