@@ -748,6 +748,8 @@ class MergerApp(faust.App):
         self._engine = engine
         self._registry = registry
         self._connection = connection
+        # raw partitions follow their state partitions; a static member's assignment
+        # made for its previous address is taken (MergerAssignor)
         super().__init__(*args, PartitionAssignor=MergerAssignor, **kwargs)
 
     async def on_start(self) -> None:

@@ -22,7 +22,7 @@ from . import probes, web
 from .config import Settings
 from .engine import Engine
 from .inflight import InFlight, derive_held_index
-from .internals import EosProducer, MergerApp, MergerAssignor, derive_on_recovery
+from .internals import EosProducer, MergerApp, derive_on_recovery
 from .logs import logging_config
 from .merge import Rules
 from .metrics import Metrics
@@ -181,7 +181,6 @@ def create_app(settings: Settings, layout: Layout) -> faust.App:
         value_serializer=RAW,
         consumer_auto_offset_reset="earliest",
         consumer_metadata_max_age_ms=METADATA_MAX_AGE_MS,
-        PartitionAssignor=MergerAssignor,  # raw partitions follow their state partitions
         broker_max_poll_records=settings.batch_max,
         consumer_max_fetch_size=1024**2,  # per partition and fetch (memory: one per partition)
         table_cleanup_interval=3600.0,
