@@ -229,7 +229,7 @@ async def read_outputs(
                     return
                 if ends is not None:
                     positions = [await consumer.position(tp) for tp in ends]
-                    if all(pos >= end for pos, end in zip(positions, ends.values())):
+                    if all(pos >= end for pos, end in zip(positions, ends.values(), strict=True)):
                         return
 
         await drain(until, None)
@@ -340,50 +340,68 @@ def measure(
             result["restore_records"], _, result["restore_seconds"] = line
             result["restore_records_per_s"] = line[0] / max(line[2], 1e-9)
         probe = [pre.held[p][0] for p in range(PARTITIONS)]
-        merged, _ = asyncio.run(probe_merges(kafka, topics, probe, 600))
-        result["merging_again_seconds"] = time.monotonic() - started - 0 * merged
-        result["problems"] = check_restored(kafka, topics, pre)
+        _, seen = asyncio.run(probe_merges(kafka, topics, probe, 600))
+        result["merging_again_seconds"] = time.monotonic() - started
+        result["problems"] = [*unmerged(probe, seen), *check_restored(kafka, topics, pre)]
         result["counts"] = worker.counts()
     finally:
         worker.stop()
     if profile is not None:
         profile.join()
         result["profile"] = profile.error or profile.hot
-        shutil.copy(run_dir / "restore.pyspy", "/tmp/restore.pyspy")
     say(
-        f"restore: wiped worker ready after {result['ready_seconds']:.1f}s, "
-        f"restore {result.get('restore_records_per_s', 0):,.0f} records/s "
-        f"(ceiling {ceiling:,.0f}/s)"
+        f"restore: wiped worker restored {result.get('restore_records', 0):,} records in "
+        f"{result.get('restore_seconds', 0):.1f}s "
+        f"({result.get('restore_records_per_s', 0):,.0f} records/s; ceiling {ceiling:,.0f}/s), "
+        f"ready after {result['ready_seconds']:.1f}s, every partition merging again after "
+        f"{result['merging_again_seconds']:.1f}s"
     )
     if scale_out:
         result["scale_out"] = measure_scale_out(kafka, topics, run_dir, pre, env)
+        result["problems"] += result["scale_out"]["problems"]
     return result
 
 
+def unmerged(ids: list[str], seen: dict[str, list[dict]]) -> list[str]:
+    """Probes that did not come out merged with their held RUNNING, exactly once."""
+    return [
+        f"probe {i}: {seen.get(i, [])[:2]}"
+        for i in ids
+        if len(seen.get(i, [])) != 1 or "route_id" not in seen[i][0]
+    ]
+
+
 def measure_scale_out(kafka: Connection, topics: Topics, run_dir: Path, pre, env) -> dict:
-    """Two workers share the partitions (each a standby of the other's); a third joins."""
+    """Two workers share the partitions (each a standby of the other's); a third joins
+    and restores the partitions it is given from the changelog (it has no standby)."""
     w1 = start_worker(kafka, topics, run_dir / "w1", **env)
     w2 = start_worker(kafka, topics, run_dir / "w2", **env)
     workers = [w1, w2]
+    started = time.monotonic()
     try:
         wait_ready(workers, 1800)
-        # every partition merges (the two own them all), and their standbys have caught up
-        asyncio.run(probe_merges(kafka, topics, [pre.held[p][1] for p in range(PARTITIONS)], 600))
+        _, seen = asyncio.run(
+            probe_merges(kafka, topics, [pre.held[p][1] for p in range(PARTITIONS)], 600)
+        )
+        out: dict = {
+            "two_new_workers_merging_seconds": time.monotonic() - started,
+            "w1_restore": restored_line(w1),
+            "w2_restore": restored_line(w2),
+            "problems": unmerged([pre.held[p][1] for p in range(PARTITIONS)], seen),
+        }
         w3 = start_worker(kafka, topics, run_dir / "w3", **env)
         workers.append(w3)
         started = time.monotonic()
         probe = [pre.held[p][2] for p in range(PARTITIONS)]
-        merged, seen = asyncio.run(probe_merges(kafka, topics, probe, 1200))
-        missing = [i for i in probe if i not in seen]
-        line = restored_line(w3)
-        out = {
-            "joined_merging_seconds": time.monotonic() - started,
-            "missing": missing,
-            "w3_restore": line,
-        }
+        _, seen = asyncio.run(probe_merges(kafka, topics, probe, 1200))
+        out["joined_merging_seconds"] = time.monotonic() - started
+        out["problems"] += unmerged(probe, seen)
+        out["w3_restore"] = restored_line(w3)
         say(
-            f"restore: scale-out, every partition merges {out['joined_merging_seconds']:.1f}s "
-            f"after the third worker started; its restore {line}"
+            f"restore: two new workers merging on every partition after "
+            f"{out['two_new_workers_merging_seconds']:.1f}s (restores {out['w1_restore']}, "
+            f"{out['w2_restore']}); a third joined: every partition merging again after "
+            f"{out['joined_merging_seconds']:.1f}s (its restore {out['w3_restore']})"
         )
         return out
     finally:
