@@ -44,6 +44,12 @@ def parse(argv: list[str] | None) -> argparse.Namespace:
         help="RUNNING executions held for the RSS check (0 skips it)",
     )
     p.add_argument(
+        "--restore",
+        type=int,
+        default=1_000_000,
+        help="changelog keys for the restore figures, a tenth held RUNNINGs (0 skips them)",
+    )
+    p.add_argument(
         "--profile",
         action="store_true",
         help="py-spy the worker for 20 s during the throughput run; hot spots in the report",
@@ -64,6 +70,9 @@ def main(argv: list[str] | None = None) -> int:
     do_throughput = not (args.latency_only or args.hold_only)
     do_latency = not (args.throughput_only or args.hold_only)
     do_hold = not (args.latency_only or args.throughput_only) and args.hold > 0
+    do_restore = not (args.latency_only or args.throughput_only or args.hold_only) and (
+        args.restore > 0
+    )
     run_dir = WORK_DIR / uuid.uuid4().hex[:8]
     run_dir.mkdir(parents=True, exist_ok=True)
     result: dict = {
@@ -85,12 +94,23 @@ def main(argv: list[str] | None = None) -> int:
                 result["latency"] = asyncio.run(latency(kafka, args, run_dir))
             if do_hold:
                 result["hold"] = asyncio.run(hold(kafka, args, run_dir))
+            if do_restore:
+                from . import restore
+
+                held = args.restore // 10
+                result["restore"] = restore.measure(
+                    kafka, run_dir, held, args.restore - held, args.seed, scale_out=True
+                )
     finally:
         if not args.keep:
             shutil.rmtree(run_dir, ignore_errors=True)
     result["finished"] = time.strftime("%Y-%m-%dT%H:%M:%S%z")
     result["targets"] = report.targets(result)
     print(report.text(result), flush=True)
+    if result.get("restore"):
+        from .restore import text as restore_text
+
+        print(restore_text(result["restore"]), flush=True)
     json_path, png_path = report.write(result)
     say(f"wrote {json_path} and {png_path}")
     return 0

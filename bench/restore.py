@@ -57,6 +57,7 @@ from .common import (
 from .preload import partition_for
 from .profile import Profile
 
+GOAL_RATE = 50_000  # records/s restored, or half the ceiling when that is lower
 TXN_RECORDS = 20_000  # changelog records per transaction of the preload
 STALE_AFTER_S = 3600  # no stale flush during the run (the worker gets the same)
 MARKER_S = 3 * 86400  # a marker's life: the default held retention
@@ -409,6 +410,39 @@ def measure_scale_out(kafka: Connection, topics: Topics, run_dir: Path, pre, env
             w.stop()
 
 
+def text(result: dict) -> str:
+    """The restore figures as `make bench` prints them."""
+    rate = result.get("restore_records_per_s", 0.0)
+    ceiling = result["ceiling_records_per_s"]
+    goal = min(GOAL_RATE, ceiling / 2)
+    lines = [
+        f"restore: {result['held']:,} held RUNNING executions and {result['markers']:,} dedupe "
+        f"markers, {result['changelog_records']:,} changelog records",
+        f"  ceiling, a plain read_committed consumer  {ceiling:>10,.0f} records/s "
+        f"({result['ceiling_seconds']:.1f} s)",
+        f"  restore, a wiped worker                   {rate:>10,.0f} records/s "
+        f"({result.get('restore_seconds', 0):.1f} s; {rate / ceiling:.2f} of the ceiling; goal "
+        f"{goal:,.0f}/s: {'met' if rate >= goal else 'MISSED'})",
+        f"  wiped worker merging on every partition   {result['merging_again_seconds']:>10.1f} s "
+        f"from its start (ready after {result['ready_seconds']:.1f} s)",
+    ]
+    scale = result.get("scale_out")
+    if scale:
+        lines += [
+            f"  two new workers merging everywhere        "
+            f"{scale['two_new_workers_merging_seconds']:>10.1f} s (restores: "
+            f"{scale['w1_restore']}, {scale['w2_restore']})",
+            f"  a third joins: every partition merging    "
+            f"{scale['joined_merging_seconds']:>10.1f} s (its restore: {scale['w3_restore']})",
+        ]
+    problems = result.get("problems", [])
+    lines.append(
+        f"  restored state checked: {'right' if not problems else f'{len(problems)} PROBLEMS'}"
+    )
+    lines += [f"    {p}" for p in problems[:10]]
+    return "\n".join(lines)
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="python -m bench.restore", description=__doc__)
     p.add_argument("--held", type=int, default=100_000, help="held RUNNING executions")
@@ -432,8 +466,8 @@ def main(argv: list[str] | None = None) -> int:
                 args.profile,
             )
         print(orjson.dumps(result, option=orjson.OPT_INDENT_2).decode())
-        failed = bool(result["problems"])
-        return 1 if failed else 0
+        print(text(result), flush=True)
+        return 1 if result["problems"] else 0
     finally:
         if not args.keep:
             shutil.rmtree(run_dir, ignore_errors=True)
