@@ -297,6 +297,26 @@ def restored_line(worker) -> tuple[int, int, float] | None:
     return int(records), int(partitions), float(seconds)
 
 
+class RestoreProfile(Profile):
+    """py-spy of a worker from the moment its log says the restore began."""
+
+    def __init__(self, worker, out: Path, seconds: float) -> None:
+        super().__init__(worker.process.pid, out, seconds)
+        self.worker = worker
+
+    def _run(self) -> None:
+        deadline = time.monotonic() + 600
+        while time.monotonic() < deadline and self.worker.alive:
+            if b"Restoring state from changelog" in self.worker.log_path.read_bytes():
+                super()._run()
+                return
+            time.sleep(0.2)  # poll the log for the restore's start
+        self.error = "the worker never began a restore"
+
+    def join(self) -> None:
+        self.thread.join(self.seconds + 630)
+
+
 def wait_ready(workers, timeout: float) -> float:
     started = time.monotonic()
     for w in workers:
@@ -333,7 +353,7 @@ def measure(
     started = time.monotonic()
     profile = None
     if profile_s:
-        profile = Profile(worker.process.pid, run_dir / "restore.pyspy", profile_s).start()
+        profile = RestoreProfile(worker, run_dir / "restore.pyspy", profile_s).start()
     try:
         result["ready_seconds"] = wait_ready([worker], 1800)
         line = restored_line(worker)
@@ -393,6 +413,9 @@ def measure_scale_out(kafka: Connection, topics: Topics, run_dir: Path, pre, env
         w3 = start_worker(kafka, topics, run_dir / "w3", **env)
         workers.append(w3)
         started = time.monotonic()
+        # ready once its first recovery is complete: it has restored what it was given
+        # (the others meanwhile took their share back, from their standbys or RocksDB)
+        out["joined_ready_seconds"] = wait_ready([w3], 1800)
         probe = [pre.held[p][2] for p in range(PARTITIONS)]
         _, seen = asyncio.run(probe_merges(kafka, topics, probe, 1200))
         out["joined_merging_seconds"] = time.monotonic() - started
