@@ -587,6 +587,10 @@ def keep_changelog_queue_on_resume(app) -> None:
     The records kept then are standby records: an active partition is read to the
     end offsets of its recovery and paused before, and nothing lies past them (the
     previous owner committed before revoking; a zombie stops producing).
+
+    The worker's changelog records no longer pass through this queue
+    (`MergerConsumer._apply_changelog`); the guard stays for anything Faust itself
+    still enqueues.
     """
     queue = app.tables.changelog_queue  # Faust's own instance (a cached property)
     flow = app.flow_control
