@@ -8,7 +8,10 @@ local one started for the run) and fresh topics per phase:
   `cameleer-merger` process both read all of it; events/s of each and the ratio b/a;
 - latency: a producer at fixed rates, a read_committed consumer, produce-to-readable
   percentiles of the merged records;
-- memory: the worker's peak RSS while holding N RUNNING executions.
+- memory: the worker's peak RSS while holding N RUNNING executions;
+- restore (bench/restore.py): a changelog of N states, read by a plain consumer (the
+  ceiling) and restored by a wiped worker; the restored state checked; two new
+  workers, then a third joining, timed until every partition merges.
 
 Every figure is printed, compared with its target, and written to
 `bench/results/bench-<timestamp>.json` with a PNG chart beside it.
