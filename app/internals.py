@@ -74,6 +74,9 @@ FETCH_MAX_WAIT_MS = 20  # longest a fetch waits at the broker for data (see belo
 # Records one fetch hands on when only changelog partitions are read (a restore): one
 # RocksDB write batch per partition each, about 10-20 ms of the event loop.
 RESTORE_BATCH_MAX = 20_000
+# Bytes per partition and fetch while restoring (the processing's 1 MB otherwise): held
+# RUNNINGs are about 800 bytes, and a 1 MB fetch of them only 1,300 records.
+RESTORE_FETCH_BYTES = 8 * 1024**2
 
 
 # ---- aiokafka: TxnOffsetCommit v3 -----------------------------------------------------
@@ -308,6 +311,7 @@ class MergerConsumerThread(AIOKafkaConsumerThread):
         return positions, group, self.seek_epoch
 
     changelog_epoch = 0  # the same, for the recovery's seeks of changelog partitions
+    _fetch_bytes: int | None = None  # the consumer's own per-partition fetch size
 
     async def _seek_wait(self, consumer, partitions) -> None:
         # Faust's own (faust/transport/drivers/aiokafka.py), with the changelog epoch
@@ -331,6 +335,12 @@ class MergerConsumerThread(AIOKafkaConsumerThread):
         partitions, changelog partitions), and the consumer's positions of the re-key
         partitions after it (past transaction markers, which no record shows)."""
         consumer = self._ensure_consumer()
+        fetcher = consumer._fetcher  # aiokafka reads the size as it builds each request
+        if self._fetch_bytes is None:
+            self._fetch_bytes = fetcher._max_partition_fetch_bytes
+        fetcher._max_partition_fetch_bytes = (
+            RESTORE_FETCH_BYTES if max_records else self._fetch_bytes
+        )
         records = await self._fetch_records(
             consumer, active, timeout=timeout, max_records=max_records or consumer._max_poll_records
         )
