@@ -601,8 +601,14 @@ class Engine:
         last = await self._changelog.delivered()
         if job.offsets and not await self._port.commit_offsets(job.offsets):
             # a rebalance under way: the records are read again; their outputs
-            # went out already, so they repeat exactly
+            # went out already, so they repeat exactly. The partitions may have had
+            # another owner meanwhile (this worker paused past its session), whose
+            # changelog records lie before this commit's: RocksDB keeps the offset
+            # it had, so that the next restore here reads those too (past them, a
+            # marker of that owner's would be missing here, and a stale flush could
+            # put a RUNNING after its terminal).
             log.warning("offset commit refused: %s will be read again", sorted(job.offsets))
+            return {}
         return last
 
 

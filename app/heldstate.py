@@ -218,3 +218,28 @@ def decode_state(data: bytes) -> Held | Marker | Pending:
     return Held(
         first_ts, due, bool(flags & _HELD_STALE_EMITTED), tuple(events), bool(flags & _HELD_REKEYED)
     )
+
+
+def in_changelog(key: bytes) -> bool:
+    """Whether a write goes to the changelog: the states do, the time index does not.
+
+    Every state has exactly one index entry, at the due time its encoding holds
+    (`due_of`): a restore derives the index from the states it replays
+    (app.statestore.replay), so the changelog carries one record per execution, not
+    two. An index entry left by an earlier state of the same execution is an orphan
+    that the sweep deletes when it comes due (app.merge.sweep_entry: "index_orphan").
+    """
+    return key[:1] != INDEX_PREFIX
+
+
+# after the kind (and first_ts_ms)
+_DUE_AT = {_HELD[0]: 9, _MARKER[0]: 1, _PENDING[0]: 1, _PENDING_V0[0]: 1}
+
+
+def due_of(value: bytes) -> int:
+    """The due time of an encoded state, without decoding it: a Held's `due_ms`, a
+    Marker's `expires_ms`, a Pending's `since_ms` (its index entry's time)."""
+    at = _DUE_AT.get(value[0])
+    if at is None:
+        raise ValueError(f"unknown state record kind {value[:1]!r}")
+    return _MARKER_BODY.unpack_from(value, at)[0]

@@ -10,7 +10,7 @@ keeps a local index of the held executions only:
 
 It is derived from the state, never sent to the changelog: `StateStore.committed`
 writes it in the same RocksDB write batch as the state it follows, and the
-changelog recovery writes it as it replays the state (app.internals), so it always
+changelog recovery writes it as it replays the state (app.statestore.replay), so it always
 matches the committed state, after a restart or on a new owner. Writing it costs
 one put or delete per state key a commit writes, nothing per record handled.
 Reading it costs O(held executions), never O(markers); the views and the metrics
@@ -31,10 +31,10 @@ from dataclasses import dataclass, field
 
 import orjson
 
-from .heldstate import STATE_PREFIX, Held, Marker, Pending, decode_state, state_key
+from .heldstate import Held, Marker, Pending, decode_state, state_key
 
 HELD_INDEX_PREFIX = b"h"
-_HELD_KIND = b"H"  # app.heldstate: a Held state's first byte; first_ts_ms is bytes 1-8
+HELD_KIND = b"H"  # app.heldstate: a Held state's first byte; first_ts_ms is bytes 1-8
 _FIRST_TS = struct.Struct(">q")
 _FLAGS_AT = 17  # after the kind (1), first_ts_ms (8) and due_ms (8)
 _STALE_FLAG = 1  # app.heldstate: flushed as stale (the flags' other bits say other things)
@@ -43,19 +43,18 @@ YIELD_EVERY = 5_000  # index entries read between two turns of the event loop
 DESCRIBE_MAX = 100_000  # states read for one filtered listing or agent count
 
 
+def held_index_value(value: bytes) -> bytes:
+    """The held-index value of an encoded Held state: first timestamp and stale flag."""
+    return value[1:9] + bytes((value[_FLAGS_AT] & _STALE_FLAG,))
+
+
 def index_held(batch, key: bytes, value: bytes | None) -> None:
     """The held-index write that goes with writing `value` at state key `key` (b"e"...)."""
     hkey = HELD_INDEX_PREFIX + key[1:]
-    if value is not None and value[:1] == _HELD_KIND:
-        batch.put(hkey, value[1:9] + bytes((value[_FLAGS_AT] & _STALE_FLAG,)))
+    if value is not None and value[:1] == HELD_KIND:
+        batch.put(hkey, held_index_value(value))
     else:
         batch.delete(hkey)
-
-
-def derive_held_index(batch, key: bytes, value: bytes | None) -> None:
-    """For a changelog record replayed into RocksDB: its held-index write, if any."""
-    if key[:1] == STATE_PREFIX:
-        index_held(batch, key, value)
 
 
 def parse_index_value(value: bytes) -> tuple[int, bool]:

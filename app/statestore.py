@@ -18,6 +18,10 @@ so the state never gets ahead of the records it stands for.
 The RocksDB write batch of a commit also carries the local index of held
 executions (app.inflight: b"h" keys, never in the changelog), so the live view
 and the held gauges read the held executions without reading every marker.
+
+`replay` is the other way in: changelog records read back (a restore, a
+standby) written to a partition's RocksDB in one write batch per fetched batch,
+with what is derived from them and the changelog offset they reach.
 """
 
 from __future__ import annotations
@@ -27,10 +31,76 @@ from collections.abc import Iterable, Iterator
 
 from rocksdict import WriteBatch
 
-from .heldstate import INDEX_PREFIX, STATE_PREFIX, index_upper_bound
-from .inflight import index_held
+from .heldstate import (
+    INDEX_PREFIX,
+    STATE_PREFIX,
+    due_of,
+    in_changelog,
+    index_key_of,
+    index_upper_bound,
+)
+from .inflight import HELD_INDEX_PREFIX, HELD_KIND, held_index_value, index_held
 
 _MISSING = object()
+
+
+def replay(db, records, offset_key: bytes, held: set[bytes] | None = None) -> int:
+    """Write changelog records of one partition (in offset order, each with `.key`,
+    `.value` and `.offset`) to its RocksDB `db` in one write batch: each state, the
+    local indexes derived from it (its time-index entry, app.heldstate.in_changelog;
+    the held index, app.inflight), and the offset of the last record under
+    `offset_key`. Atomic: after a crash RocksDB holds all of it or none, and the
+    restore starts again after the offset it holds. Index records of a changelog
+    written before the time index was derived are skipped (derived instead).
+
+    `held`: given when the partition's RocksDB had no held index as its restore
+    began (a wiped or new worker): the held-index keys the restore has written since.
+    A finished execution's state then deletes a held-index key only when there is
+    one; otherwise one delete per dedupe marker would be a third of the writes.
+    Returns the offset written (-1 for no records).
+    """
+    if not records:
+        return -1
+    batch = WriteBatch(raw_mode=True)
+    put, delete = batch.put, batch.delete
+    for record in records:
+        key, value = record.key, record.value
+        kind = key[:1] if key else b""
+        if kind != STATE_PREFIX:
+            if kind == INDEX_PREFIX or not kind:
+                continue  # derived from the states; a keyless record is not a write
+            if value is None:  # not the worker's: written as Faust would
+                delete(key)
+            else:
+                put(key, value)
+            continue
+        hkey = HELD_INDEX_PREFIX + key[1:]
+        if value is None:
+            delete(key)
+        else:
+            put(key, value)
+            put(index_key_of(due_of(value), key[1:]), b"")
+            if value[:1] == HELD_KIND:
+                put(hkey, held_index_value(value))
+                if held is not None:
+                    held.add(hkey)
+                continue
+        if held is None:
+            delete(hkey)
+        elif hkey in held:
+            held.discard(hkey)
+            delete(hkey)
+    offset = records[-1].offset
+    put(offset_key, str(offset).encode())
+    db.write(batch)
+    return offset
+
+
+def has_held_index(db) -> bool:
+    """Whether a partition's RocksDB holds any held-index key (one seek)."""
+    for key in db.keys(from_key=HELD_INDEX_PREFIX):
+        return key[:1] == HELD_INDEX_PREFIX
+    return False
 
 
 class StateStore:
@@ -91,6 +161,8 @@ class StateStore:
         db = self._db(partition)
         sent = 0
         for key, value in self._sealed.get(partition, {}).items():
+            if not in_changelog(key):
+                continue  # the time index: derived from the states at a restore
             if value is None and db.get(key) is None:
                 continue  # written and deleted within this transaction: the changelog never had it
             add(topic, partition, key, value)

@@ -21,7 +21,7 @@ from faust.web import Request, Response, View
 from . import probes, web
 from .config import Settings
 from .engine import Engine
-from .inflight import InFlight, derive_held_index
+from .inflight import InFlight
 from .internals import EosProducer, MergerApp, derive_on_recovery
 from .logs import logging_config
 from .merge import Rules
@@ -216,7 +216,7 @@ def create_app(settings: Settings, layout: Layout) -> faust.App:
         options={"driver": "rocksdict", **ROCKSDB_OPTIONS},
     )
     store.bind(held)
-    derive_on_recovery(held.data, derive_held_index)  # the held index follows the replay
+    derive_on_recovery(held.data)  # the local indexes follow the replay
     app.engine = engine  # for views and tests
     app.registry = registry
     app.connection = settings.connection  # for the probes in app.transactions

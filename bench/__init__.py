@@ -11,6 +11,9 @@ local one started for the run) and fresh topics per phase:
 - memory: the worker's peak RSS while holding N RUNNING executions;
 - compression: the CPU each codec costs the worker's producer and a consumer per
   record, and the bytes it saves, as ratios against no compression.
+- restore (bench/restore.py): a changelog of N states, read by a plain consumer (the
+  ceiling) and restored by a wiped worker; the restored state checked; two new
+  workers, then a third joining, timed until every partition merges.
 
 Every figure is printed, compared with its target, and written to
 `bench/results/bench-<timestamp>.json` with a PNG chart beside it.

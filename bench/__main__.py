@@ -47,6 +47,12 @@ def parse(argv: list[str] | None) -> argparse.Namespace:
         help="RUNNING executions held for the RSS check (0 skips it)",
     )
     p.add_argument(
+        "--restore",
+        type=int,
+        default=1_000_000,
+        help="changelog keys for the restore figures, a tenth held RUNNINGs (0 skips them)",
+    )
+    p.add_argument(
         "--profile",
         action="store_true",
         help="py-spy the worker for 20 s during the throughput run; hot spots in the report",
@@ -75,6 +81,7 @@ def main(argv: list[str] | None = None) -> int:
     do_latency = args.latency_only or not one
     do_hold = (args.hold_only or not one) and args.hold > 0
     do_compression = (args.compression_only or not one) and args.compression_executions > 0
+    do_restore = (not one) and args.restore > 0
     run_dir = WORK_DIR / uuid.uuid4().hex[:8]
     run_dir.mkdir(parents=True, exist_ok=True)
     result: dict = {
@@ -102,12 +109,23 @@ def main(argv: list[str] | None = None) -> int:
                 result["compression"] = asyncio.run(
                     compression(kafka, args.seed, args.compression_executions)
                 )
+            if do_restore:
+                from . import restore
+
+                held = args.restore // 10
+                result["restore"] = restore.measure(
+                    kafka, run_dir, held, args.restore - held, args.seed, scale_out=True
+                )
     finally:
         if not args.keep:
             shutil.rmtree(run_dir, ignore_errors=True)
     result["finished"] = time.strftime("%Y-%m-%dT%H:%M:%S%z")
     result["targets"] = report.targets(result)
     print(report.text(result), flush=True)
+    if result.get("restore"):
+        from .restore import text as restore_text
+
+        print(restore_text(result["restore"]), flush=True)
     json_path, png_path = report.write(result)
     say(f"wrote {json_path} and {png_path}")
     return 0

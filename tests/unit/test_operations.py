@@ -9,7 +9,7 @@ from types import SimpleNamespace
 import orjson
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
-from rocksdict import Options, Rdict, WriteBatch
+from rocksdict import Options, Rdict
 
 from app.cli import format_running, tail_line
 from app.config import Settings
@@ -17,7 +17,6 @@ from app.heldstate import Held, Marker, Source, decode_state, encode_state, stat
 from app.inflight import (
     HELD_INDEX_PREFIX,
     InFlight,
-    derive_held_index,
     index_held,
     parse_index_value,
 )
@@ -91,23 +90,6 @@ def test_commits_keep_the_held_index_to_the_held_executions_only(db):
     store.seal()
     store.committed({0: 12})
     assert held_index(db) == {}
-
-
-def test_a_changelog_replay_writes_the_same_held_index(db):
-    batch = WriteBatch(raw_mode=True)
-    for key, value in [
-        (state_key("a"), held("a", 10)),
-        (b"i" + b"\x00" * 8 + b"a", b""),  # index keys are not state
-        (state_key("b"), held("b", 20)),
-        (state_key("a"), encode_state(Marker(99))),
-    ]:
-        if value is None:
-            batch.delete(key)
-        else:
-            batch.put(key, value)
-        derive_held_index(batch, key, value)
-    db.write(batch)
-    assert held_index(db) == {b"b": (20, False)}
 
 
 def test_the_live_view_pages_filters_and_sorts_without_bodies(db):
