@@ -137,6 +137,14 @@ SETTINGS_OPTIONS = (
         "seconds the group waits for a silent worker before its partitions move; "
         "at_least_once, a worker silent that long stops producing",
     ),
+    Option(
+        "CAMELEER_SWEEP_INTERVAL",
+        "--sweep-interval",
+        "1.0",
+        "seconds between sweeps of the owned partitions: stale flushes, retention, and "
+        "terminals waiting for the re-key topic's progress (they go out one to two sweeps "
+        "after it is known complete)",
+    ),
 )
 OPTIONS = SETTINGS_OPTIONS + tuple(Option(*o) for o in CONNECTION_OPTIONS)
 
@@ -169,6 +177,7 @@ class Settings:
     # group membership
     instance_id: str | None  # group.instance.id; None: dynamic membership
     session_timeout: float
+    sweep_interval: float
     connection: Connection  # bootstrap servers and security: every client connects with it
 
     @property
@@ -234,6 +243,7 @@ class Settings:
                 else None,
                 instance_id=raw["instance_id"].strip() or None,
                 session_timeout=float(raw["session_timeout"]),
+                sweep_interval=float(raw["sweep_interval"]),
                 connection=connection,
             )
         except ValueError as exc:
@@ -276,6 +286,8 @@ def _check_membership(settings: Settings) -> None:
         )
     if not settings.session_timeout > 0:
         raise ValueError("CAMELEER_SESSION_TIMEOUT must be positive (seconds)")
+    if not settings.sweep_interval > 0:
+        raise ValueError("CAMELEER_SWEEP_INTERVAL must be positive (seconds)")
 
 
 def _advertised(bind: str) -> str:

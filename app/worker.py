@@ -33,7 +33,6 @@ from .topics import Layout, rekey_topic_name
 
 log = logging.getLogger(__name__)
 
-SWEEP_INTERVAL = 1.0  # seconds between stale/expiry sweeps of the owned partitions
 RAW = "raw"
 PRODUCER_BATCH_BYTES = 512 * 1024  # per-partition produce batch (bench: docs/performance.md)
 MAX_REQUEST_BYTES = 8 * 1024 * 1024  # a produce request holds several batches
@@ -227,7 +226,7 @@ def create_app(settings: Settings, layout: Layout) -> faust.App:
     async def commit() -> None:
         await engine.commit()
 
-    @app.timer(interval=SWEEP_INTERVAL)
+    @app.timer(interval=settings.sweep_interval)
     async def sweep() -> None:
         await engine.sweep()
 

@@ -43,6 +43,12 @@ def image_install(tmp_path_factory) -> Iterator[Future | None]:
         yield pool.submit(install_like_the_image, tmp_path_factory.mktemp("image"))
 
 
+# Terminals that wait for the re-key topic's progress (terminal-only records, the
+# barriers' sentinels) go out one to two sweeps after it is known: the test workers
+# sweep four times a second, so that a barrier costs a fraction of a second.
+os.environ.setdefault("CAMELEER_SWEEP_INTERVAL", "0.25")
+
+
 @pytest.fixture(scope="session")
 def bootstrap(tmp_path_factory) -> Iterator[str]:
     external = os.environ.get("CAMELEER_TEST_BOOTSTRAP")

@@ -252,24 +252,38 @@ def wait_for(what: str, condition: Callable[[], object], timeout: float = 60.0):
         time.sleep(0.2)  # poll with a deadline
 
 
+def _send_sentinel(bootstrap: str, topics: Topics, partition: int) -> str:
+    sentinel = f"barrier-{uuid.uuid4()}"
+    record = (sentinel.encode(), event(sentinel, "COMPLETED", sentinel=True))
+    produce(bootstrap, topics.raw, [record], partition=partition)
+    return sentinel
+
+
 def barrier(bootstrap: str, topics: Topics, partition: int, timeout: float = 60.0) -> str:
     """Wait until the worker has handled everything produced so far to a raw partition.
 
     A terminal-only sentinel goes to the same partition after the records under
     test; records of one partition are handled in order and their transactions
     commit in order, so once the sentinel's output is readable (read_committed),
-    every output of the earlier records is too. Returns the sentinel's execution id.
+    every output of the earlier records is too. A terminal that found nothing held
+    waits for the re-key topic's progress (app.merge, "Mixed keying"): the
+    sentinel, read after every earlier one, is let go no sooner than they are.
+    Returns the sentinel's execution id.
     """
-    sentinel = f"barrier-{uuid.uuid4()}"
-    produce(
-        bootstrap,
-        topics.raw,
-        [(sentinel.encode(), event(sentinel, "COMPLETED", sentinel=True))],
-        partition=partition,
+    return _await_sentinels(
+        bootstrap, topics, [_send_sentinel(bootstrap, topics, partition)], timeout
+    )[0]
+
+
+def _await_sentinels(
+    bootstrap: str, topics: Topics, sentinels: list[str], timeout: float
+) -> list[str]:
+    got = consume_until(
+        bootstrap, topics.output, lambda rs: all(for_key(rs, s) for s in sentinels), timeout
     )
-    got = consume_until(bootstrap, topics.output, lambda rs: bool(for_key(rs, sentinel)), timeout)
-    assert for_key(got, sentinel), f"barrier on partition {partition} timed out"
-    return sentinel
+    missing = [s for s in sentinels if not for_key(got, s)]
+    assert not missing, f"barrier sentinels {missing} not readable in {timeout:.0f} s"
+    return sentinels
 
 
 def changelog(topics: Topics) -> str:
@@ -281,14 +295,15 @@ def settled(bootstrap: str, topics: Topics, partitions: Iterable[int], topic: st
     """Everything the worker wrote to `topic` (the output topic by default, or the
     changelog) for the records produced so far to the raw `partitions`.
 
-    A barrier sentinel goes to each partition, then the topic is read up to its end
+    A barrier sentinel goes to each partition (`barrier`), then the topic is read up to its end
     offsets. Each sentinel must be in that read (its output record, or its marker in
     the changelog): the positive control, read in the same pass, that the read saw
     what the worker wrote after the records under test. What the read lacks, the
     worker did not write for them.
     """
     topic = topic or topics.output
-    sentinels = [barrier(bootstrap, topics, p) for p in partitions]
+    sent = [_send_sentinel(bootstrap, topics, p) for p in partitions]  # all, then wait
+    sentinels = _await_sentinels(bootstrap, topics, sent, 60.0)
     records = read_to_end(bootstrap, topic)
     keys = {r.key for r in records}
     prefix = b"e" if topic == changelog(topics) else b""

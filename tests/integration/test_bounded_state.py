@@ -30,6 +30,8 @@ def worker_env():
         "CAMELEER_DEDUPE_WINDOW": str(WINDOW),
         "CAMELEER_STALE_AFTER": str(STALE),
         "CAMELEER_HELD_RETENTION": str(RETENTION),
+        # one sweep a second: the steady stream below is paced by the sweep rounds
+        "CAMELEER_SWEEP_INTERVAL": "1.0",
     }
 
 

@@ -101,6 +101,7 @@ def assert_merged_exactly_once(bootstrap: str, topics: Topics, ids: list[str]) -
     return records
 
 
+@pytest.mark.long  # past make test's budget: make test-long
 def test_raw_topic_grown_from_3_to_6_with_executions_in_flight(bootstrap, deployment):
     topics, workers = deployment
     run = uuid.uuid4().hex[:6]

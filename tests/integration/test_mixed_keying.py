@@ -14,7 +14,15 @@ import pytest
 
 from chaos.processes import WorkerProcess
 
-from .harness import consume_until, event, for_key, group_offsets, partition_of, produce
+from .harness import (
+    consume_until,
+    event,
+    for_key,
+    group_offsets,
+    partition_of,
+    produce,
+    settled,
+)
 
 RUNNING = {"route_id": "orders", "agent_id": "a-1", "application": "shop", "start_time": "t0"}
 
@@ -62,79 +70,59 @@ def send_terminal(bootstrap: str, topics, eid: str, keyed: bool) -> None:
         produce(bootstrap, topics.raw, [(None, value)], partition=other_partition(eid))
 
 
-def the_one_record(bootstrap: str, topics, eid: str) -> dict:
-    """The execution's records once it has one, then everything up to a later sentinel
-    on each partition it used: exactly one record, the merge."""
-    got = consume_until(bootstrap, topics.output, lambda rs: bool(for_key(rs, eid)), timeout=90)
-    assert for_key(got, eid), f"{eid}: nothing emitted"
-    sentinels = []
-    for partition in {partition_of(eid), other_partition(eid)}:
-        sentinel = f"sentinel-{uuid.uuid4()}"
-        sentinels.append(sentinel)
-        produce(
-            bootstrap,
-            topics.raw,
-            [(sentinel.encode(), event(sentinel, "RUNNING"))],
-            partition=partition_of(sentinel),
-        )
-        produce(bootstrap, topics.raw, [(None, event(sentinel, "COMPLETED"))], partition=partition)
+def merged_once(bootstrap: str, topics, eids: list[str]) -> None:
+    """Each execution's records once it has one, then everything up to a sentinel on
+    every raw partition, read to the end: exactly one record each, the merge."""
     got = consume_until(
-        bootstrap,
-        topics.output,
-        lambda rs: all(for_key(rs, s) for s in sentinels),
-        timeout=90,
+        bootstrap, topics.output, lambda rs: all(for_key(rs, e) for e in eids), timeout=90
     )
-    assert all(for_key(got, s) for s in sentinels), "the sentinels never came out"
-    records = for_key(got, eid)
-    assert len(records) == 1, [r.json for r in records]
-    [out] = records
-    assert out.origin == "merged", (out.origin, out.json)
-    assert out.json == {
-        "execution_id": eid,
-        "status": "COMPLETED",
-        "duration_ms": 5,
-        "output_body": "out",
-        **RUNNING,
-    }
-    return out.json
+    assert all(for_key(got, e) for e in eids), "nothing emitted for some of them"
+    got = settled(bootstrap, topics, range(3))
+    for eid in eids:
+        records = for_key(got, eid)
+        assert len(records) == 1, [r.json for r in records]
+        [out] = records
+        assert out.origin == "merged", (out.origin, out.json)
+        assert out.json == {
+            "execution_id": eid,
+            "status": "COMPLETED",
+            "duration_ms": 5,
+            "output_body": "out",
+            **RUNNING,
+        }
 
 
-@pytest.mark.parametrize("running_keyed", [False, True], ids=["running-unkeyed", "running-keyed"])
-def test_one_phase_keyed_the_other_not_merges(bootstrap, topics, worker, running_keyed):
-    eid = f"mixed-{uuid.uuid4()}"
-    send_running(bootstrap, topics, eid, keyed=running_keyed)
-    send_terminal(bootstrap, topics, eid, keyed=not running_keyed)  # back to back
-    the_one_record(bootstrap, topics, eid)
-
-
-@pytest.mark.parametrize("running_keyed", [False, True], ids=["running-unkeyed", "running-keyed"])
-def test_one_phase_keyed_the_other_not_merges_across_a_kill(
-    bootstrap, topics, worker, running_keyed
-):
-    eid = f"mixed-kill-{uuid.uuid4()}"
-    partition, offset = send_running(bootstrap, topics, eid, keyed=running_keyed)
-    # the RUNNING handled (held, or forwarded to the re-key topic) and committed: the
-    # group's offset of its raw partition is past it
-    deadline = time.monotonic() + 60
-    while group_offsets(bootstrap, topics.app_id, topics.raw).get(partition, -1) <= offset:
-        assert time.monotonic() < deadline, "the RUNNING was not committed in 60 s"
-        time.sleep(0.2)  # poll the group's committed offsets
-    worker.kill()
-    send_terminal(bootstrap, topics, eid, keyed=not running_keyed)
-    worker.start()
-    the_one_record(bootstrap, topics, eid)
-
-
-def test_a_keyed_terminal_waits_while_its_unkeyed_running_travels(bootstrap, topics, worker):
-    """The terminal is read first (its RUNNING takes the re-key topic's detour): it
-    waits, and the RUNNING joins it."""
-    eid = f"mixed-wait-{uuid.uuid4()}"
+def test_one_phase_keyed_the_other_not_merges_in_both_orders(bootstrap, topics, worker):
+    """The RUNNING unkeyed and the terminal keyed (the terminal is read first: its
+    RUNNING takes the re-key topic's detour, and the terminal waits for it), and the
+    RUNNING keyed with the terminal unkeyed; each pair back to back."""
     before = wait_until(worker, "counters", lambda c: True)
-    send_running(bootstrap, topics, eid, keyed=False)
-    send_terminal(bootstrap, topics, eid, keyed=True)
-    the_one_record(bootstrap, topics, eid)
+    unkeyed_running, keyed_running = f"mixed-u-{uuid.uuid4()}", f"mixed-k-{uuid.uuid4()}"
+    for eid, running_keyed in ((unkeyed_running, False), (keyed_running, True)):
+        send_running(bootstrap, topics, eid, keyed=running_keyed)
+        send_terminal(bootstrap, topics, eid, keyed=not running_keyed)
+    merged_once(bootstrap, topics, [unkeyed_running, keyed_running])
     after = worker.counts()
-    assert after.get("terminal_waiting", 0) > before.get("terminal_waiting", 0)
+    assert after.get("terminal_waiting", 0) >= before.get("terminal_waiting", 0) + 2
+
+
+def test_one_phase_keyed_the_other_not_merges_across_a_kill(bootstrap, topics, worker):
+    """Both orders, the worker killed -9 between the two phases of each."""
+    unkeyed_running, keyed_running = f"kill-u-{uuid.uuid4()}", f"kill-k-{uuid.uuid4()}"
+    pairs = ((unkeyed_running, False), (keyed_running, True))
+    for eid, running_keyed in pairs:
+        partition, offset = send_running(bootstrap, topics, eid, keyed=running_keyed)
+        # the RUNNING handled (held, or forwarded to the re-key topic) and committed:
+        # the group's offset of its raw partition is past it
+        deadline = time.monotonic() + 60
+        while group_offsets(bootstrap, topics.app_id, topics.raw).get(partition, -1) <= offset:
+            assert time.monotonic() < deadline, "the RUNNING was not committed in 60 s"
+            time.sleep(0.2)  # poll the group's committed offsets
+    worker.kill()
+    for eid, running_keyed in pairs:
+        send_terminal(bootstrap, topics, eid, keyed=not running_keyed)
+    worker.start()
+    merged_once(bootstrap, topics, [unkeyed_running, keyed_running])
 
 
 def test_a_keyed_running_sent_after_its_keyed_terminal_is_late(bootstrap, topics, worker):
