@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import threading
 import time
 import uuid
 from collections import defaultdict
@@ -27,14 +28,18 @@ from .harness import (
 EXECUTIONS = 10_000
 
 
-async def produce_all(bootstrap: str, topic: str, records) -> None:
-    """All at once (one flush), so the worker has a backlog to be in the middle of."""
+async def produce_paced(bootstrap: str, topic: str, records, seconds: float) -> None:
+    """In chunks spread over `seconds`: the worker is still being fed when SIGTERM comes,
+    so it is mid-stream whatever its speed."""
     producer = AIOKafkaProducer(bootstrap_servers=bootstrap, enable_idempotence=True)
     await producer.start()
+    chunk = max(1, len(records) // 40)
     try:
-        for key, value in records:
-            await producer.send(topic, value, key=key)
-        await producer.flush()
+        for i in range(0, len(records), chunk):
+            for key, value in records[i : i + chunk]:
+                await producer.send(topic, value, key=key)
+            await producer.flush()
+            await asyncio.sleep(seconds / 40)  # pacing the agents, not a synchronisation
     finally:
         await producer.stop()
 
@@ -51,17 +56,24 @@ def test_sigterm_mid_stream_loses_and_doubles_nothing(bootstrap, topics, worker,
     for i, eid in enumerate(ids):
         records.append((eid.encode(), event(eid, "RUNNING", route_id="r", n=i)))
         records.append((eid.encode(), event(eid, "COMPLETED", duration_ms=i)))
-    asyncio.run(produce_all(bootstrap, topics.raw, records))
-    # SIGTERM once the worker is well into the backlog, and before it is through
-    deadline = time.monotonic() + 60
-    while handled(worker) < len(records) // 50:
-        assert time.monotonic() < deadline, "the worker did not start on the backlog"
-        time.sleep(0.05)  # the poll interval
-    at_sigterm = handled(worker)
-    started = time.monotonic()
-    code = worker.stop(timeout=30)
-    took = time.monotonic() - started
-    assert at_sigterm < len(records), "the backlog was gone before SIGTERM: not mid-stream"
+    agents = threading.Thread(
+        target=lambda: asyncio.run(produce_paced(bootstrap, topics.raw, records, 10.0))
+    )
+    agents.start()
+    try:
+        # SIGTERM once the worker is well into the stream, while it is still fed
+        deadline = time.monotonic() + 60
+        while handled(worker) < len(records) // 50:
+            assert time.monotonic() < deadline, "the worker did not start on the stream"
+            time.sleep(0.05)  # the poll interval
+        at_sigterm = handled(worker)
+        still_fed = agents.is_alive()
+        started = time.monotonic()
+        code = worker.stop(timeout=30)
+        took = time.monotonic() - started
+    finally:
+        agents.join()
+    assert still_fed and at_sigterm < len(records), "SIGTERM came after the stream: not mid-stream"
     assert code == 0, worker.log_tail()
     assert took < 10, f"SIGTERM took {took:.1f}s"
     # a new worker (same group, same state folder) takes over
@@ -116,7 +128,7 @@ def test_sigterm_commits_what_was_handled_and_nothing_is_delivered_twice(bootstr
         for eid in ids:
             records.append((eid.encode(), event(eid, "RUNNING", route_id="r")))
             records.append((eid.encode(), event(eid, "COMPLETED", duration_ms=1)))
-        asyncio.run(produce_all(bootstrap, names.raw, records))
+        asyncio.run(produce_paced(bootstrap, names.raw, records, 0.0))
         wait_for("the worker to merge them all", lambda: first.counts().get("merged", 0) >= 30)
         # handled, and not committed yet: nothing readable
         assert not [r for r in read_to_end(bootstrap, names.output) if r.key.decode() in ids]
