@@ -59,7 +59,7 @@ DROPPED = (
     ("duplicate_terminal", ("duplicate_terminal",)),
     ("late_running", ("running_after_terminal",)),
     ("redelivered", ("safety_net_redelivered",)),
-    ("retention", ("held_expired", "running_too_old")),  # issue 10's retention counters
+    ("retention", ("held_expired", "running_too_old")),  # left the state, or never held
 )
 COMMIT_BUCKETS = (0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
 END_TO_END_BUCKETS = (0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 300.0)

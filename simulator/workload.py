@@ -163,7 +163,7 @@ class Params:
     late_running_share: float = 0.01
     repeated_running_share: float = 0.02
     replayed_running_share: float = 0.005
-    # Off by default until the re-key path keeps such pairs' RUNNING fields (issue 10, item 2)
+    # off by default (the generated workloads of the tests stay as they were); chaos sets it
     unkeyed_pair_share: float = 0.0
     unkeyed_share: float = 0.01  # any kind; split between Keying.UNKEYED, WRONG_KEY, MIXED
     malformed_share: float = 0.001  # a malformed record is added with this chance per execution

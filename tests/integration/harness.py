@@ -135,6 +135,18 @@ def event(execution_id: str, status: str, **fields) -> bytes:
     return orjson.dumps({"execution_id": execution_id, "status": status, **fields})
 
 
+def _reader(bootstrap: str, topic: str, isolation: str) -> AIOKafkaConsumer:
+    """A group-less consumer of every partition of `topic`, from its beginning."""
+    return AIOKafkaConsumer(
+        topic,
+        bootstrap_servers=bootstrap,
+        auto_offset_reset="earliest",
+        enable_auto_commit=False,
+        isolation_level=isolation,
+        group_id=None,
+    )
+
+
 def consume_until(
     bootstrap: str,
     topic: str,
@@ -149,14 +161,7 @@ def consume_until(
     """
 
     async def go():
-        consumer = AIOKafkaConsumer(
-            topic,
-            bootstrap_servers=bootstrap,
-            auto_offset_reset="earliest",
-            enable_auto_commit=False,
-            isolation_level=isolation,
-            group_id=None,
-        )
+        consumer = _reader(bootstrap, topic, isolation)
         await consumer.start()
         records: list[Record] = []
         deadline = time.monotonic() + timeout
@@ -198,14 +203,7 @@ def read_to_end(
     """
 
     async def go():
-        consumer = AIOKafkaConsumer(
-            topic,
-            bootstrap_servers=bootstrap,
-            auto_offset_reset="earliest",
-            enable_auto_commit=False,
-            isolation_level=isolation,
-            group_id=None,
-        )
+        consumer = _reader(bootstrap, topic, isolation)
         await consumer.start()
         try:
             deadline = time.monotonic() + timeout

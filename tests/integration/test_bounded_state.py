@@ -1,4 +1,4 @@
-"""State stays bounded, and no RUNNING ever follows a terminal record (issue 10).
+"""State stays bounded, and no RUNNING ever follows a terminal record.
 
 A merged execution leaves the held state, markers expire after the held retention
 (longer than the dedupe window here, as by default), held RUNNINGs whose terminal
@@ -88,7 +88,7 @@ def test_merged_execution_leaves_held_state_and_its_marker_expires(bootstrap, to
 def test_a_running_replayed_after_the_dedupe_window_never_follows_the_terminal(
     bootstrap, topics, worker
 ):
-    """Issue 10, item 3: an agent replays its buffer after an outage. `fresh` is replayed
+    """An agent replays its buffer after an outage. `fresh` is replayed
     after the dedupe window with a new Kafka timestamp (the marker is still there);
     `original` after its marker expired, with its original timestamp. Neither is held
     again, so no stale flush can put a RUNNING after the terminal record."""
@@ -164,7 +164,7 @@ STREAM_SECONDS = 20  # 2.5 held retentions
 
 
 def test_state_stays_bounded_under_executions_that_never_end(bootstrap, topics, worker):
-    """Issue 10, item 4: a steady stream of RUNNINGs whose terminal never comes. Each is
+    """A steady stream of RUNNINGs whose terminal never comes. Each is
     flushed at stale_after and leaves the state at the held retention: the held count
     levels off at about RATE x RETENTION instead of growing with the stream, and the
     sweeps read what is due (two index entries per execution), not what is held."""

@@ -28,18 +28,23 @@ from .harness import (
 EXECUTIONS = 10_000
 
 
-async def produce_paced(bootstrap: str, topic: str, records, seconds: float) -> None:
-    """In chunks spread over `seconds`: the worker is still being fed when SIGTERM comes,
-    so it is mid-stream whatever its speed."""
+async def produce(bootstrap: str, topic: str, records, fed_by=None, stopping=None) -> None:
+    """In 40 chunks. With `fed_by` (a worker), each chunk waits until the worker has
+    handled half of what came before, until `stopping` is set: the worker is still being
+    fed when SIGTERM comes, whatever its speed."""
     producer = AIOKafkaProducer(bootstrap_servers=bootstrap, enable_idempotence=True)
     await producer.start()
     chunk = max(1, len(records) // 40)
     try:
         for i in range(0, len(records), chunk):
+            if fed_by is not None:
+                deadline = time.monotonic() + 60
+                while not stopping.is_set() and handled(fed_by) < i // 2:
+                    assert time.monotonic() < deadline, "the worker stopped handling"
+                    await asyncio.sleep(0.05)  # the poll interval
             for key, value in records[i : i + chunk]:
                 await producer.send(topic, value, key=key)
             await producer.flush()
-            await asyncio.sleep(seconds / 40)  # pacing the agents, not a synchronisation
     finally:
         await producer.stop()
 
@@ -56,8 +61,9 @@ def test_sigterm_mid_stream_loses_and_doubles_nothing(bootstrap, topics, worker,
     for i, eid in enumerate(ids):
         records.append((eid.encode(), event(eid, "RUNNING", route_id="r", n=i)))
         records.append((eid.encode(), event(eid, "COMPLETED", duration_ms=i)))
+    stopping = threading.Event()
     agents = threading.Thread(
-        target=lambda: asyncio.run(produce_paced(bootstrap, topics.raw, records, 10.0))
+        target=lambda: asyncio.run(produce(bootstrap, topics.raw, records, worker, stopping))
     )
     agents.start()
     try:
@@ -68,10 +74,12 @@ def test_sigterm_mid_stream_loses_and_doubles_nothing(bootstrap, topics, worker,
             time.sleep(0.05)  # the poll interval
         at_sigterm = handled(worker)
         still_fed = agents.is_alive()
+        stopping.set()  # the rest goes to the successor
         started = time.monotonic()
         code = worker.stop(timeout=30)
         took = time.monotonic() - started
     finally:
+        stopping.set()
         agents.join()
     assert still_fed and at_sigterm < len(records), "SIGTERM came after the stream: not mid-stream"
     assert code == 0, worker.log_tail()
@@ -128,7 +136,7 @@ def test_sigterm_commits_what_was_handled_and_nothing_is_delivered_twice(bootstr
         for eid in ids:
             records.append((eid.encode(), event(eid, "RUNNING", route_id="r")))
             records.append((eid.encode(), event(eid, "COMPLETED", duration_ms=1)))
-        asyncio.run(produce_paced(bootstrap, names.raw, records, 0.0))
+        asyncio.run(produce(bootstrap, names.raw, records))
         wait_for("the worker to merge them all", lambda: first.counts().get("merged", 0) >= 30)
         # handled, and not committed yet: nothing readable
         assert not [r for r in read_to_end(bootstrap, names.output) if r.key.decode() in ids]

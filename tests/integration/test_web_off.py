@@ -1,4 +1,4 @@
-"""CAMELEER_WEB_PORT=0 turns the HTTP endpoints off (issue 10, item 5): the worker
+"""CAMELEER_WEB_PORT=0 turns the HTTP endpoints off: the worker
 starts, merges, and listens on no port at all."""
 
 from __future__ import annotations

@@ -124,7 +124,7 @@ def test_a_running_events_null_fields_are_its_fields_in_the_merge():
     }
 
 
-# -- issue 10: a terminal's null field, late RUNNINGs, bounded state ----------------------
+# -- a terminal's null field, late RUNNINGs, bounded state ----------------------
 
 DAY = 86_400_000
 RETAINING = merge.Rules(
@@ -183,7 +183,7 @@ class Store:
 
 
 def test_a_null_field_of_the_terminal_event_survives_the_merge():
-    """Issue 10, item 1: a FAILED event sends "output_body": null, its RUNNING has none."""
+    """A FAILED event sends "output_body": null, its RUNNING has none."""
     store = Store()
     store.read({"execution_id": "f", "status": "RUNNING", "route_id": "r"}, 1_000, 1_000)
     store.read(
@@ -210,7 +210,7 @@ def test_a_null_terminal_field_does_not_replace_a_running_value():
 
 
 def test_a_running_replayed_after_the_dedupe_window_meets_the_marker_and_is_dropped():
-    """Issue 10, item 3: past the dedupe window, with a new Kafka timestamp (an agent
+    """Past the dedupe window, with a new Kafka timestamp (an agent
     replaying its buffer after an outage): no state is held again, nothing is flushed."""
     store = Store()
     running = {"execution_id": "late", "status": "RUNNING", "route_id": "r"}
@@ -254,7 +254,7 @@ def test_documented_limit_a_running_resent_with_a_new_timestamp_after_the_marker
 
 
 def test_a_held_running_is_flushed_then_leaves_the_state_after_its_retention():
-    """Issue 10, item 4: flushed at first_ts + stale_after, indexed again for first_ts +
+    """Flushed at first_ts + stale_after, indexed again for first_ts +
     held_retention, then gone: counted, with a note for the log."""
     store = Store()
     store.read({"execution_id": "stuck", "status": "RUNNING"}, 1_000, 1_000)

@@ -1,4 +1,4 @@
-"""Issue 11's pieces without Kafka: the held index, the live view's reads, metrics, commands."""
+"""The operator surface without Kafka: the held index, the live view's reads, metrics, commands."""
 
 from __future__ import annotations
 

@@ -94,7 +94,7 @@ def test_a_sweep_reads_only_the_due_entries_of_100k_held_executions(db):
 
 
 def test_retention_sweep_reads_only_the_due_entries_of_100k_flushed_executions(db):
-    """Issue 10: held RUNNINGs that were flushed stay indexed at the end of their retention;
+    """Held RUNNINGs that were flushed stay indexed at the end of their retention;
     a sweep reads the ones due, not the 100,000 held."""
     rules = merge.Rules(stale_after_ms=1_000, held_retention_ms=1_000_000)
     now = 10_000_000
