@@ -1,6 +1,6 @@
 """`cameleer-merger [options]`: prepare topics, then run the Faust worker in the foreground.
 
-`cameleer-merger simulate|tail|running ...`: the commands of app.cli.
+`cameleer-merger simulate|tail|running ...`: the commands of app.ops.cli.
 """
 
 from __future__ import annotations
@@ -9,15 +9,15 @@ import asyncio
 import os
 import sys
 
-from .cli import COMMANDS
-from .config import Settings, apply_arguments
-from .logs import json_logging
+from app.ops.cli import COMMANDS
+from app.ops.config import Settings, apply_arguments
+from app.ops.logs import json_logging
 
 
 def main(argv: list[str] | None = None) -> None:
     argv = argv if argv is not None else sys.argv[1:]
-    if argv and argv[0] in COMMANDS:  # simulate, tail, running (app.cli)
-        from .cli import main as command
+    if argv and argv[0] in COMMANDS:  # simulate, tail, running (app.ops.cli)
+        from app.ops.cli import main as command
 
         sys.exit(command(argv))
     apply_arguments(argv, os.environ)
@@ -29,8 +29,8 @@ def main(argv: list[str] | None = None) -> None:
         json_logging(settings.log_level)
     from aiokafka.errors import KafkaError
 
-    from .topics import ensure_topics
-    from .worker import create_app
+    from app.kafka.topics import ensure_topics
+    from app.worker import create_app
 
     try:
         layout = asyncio.run(ensure_topics(settings))

@@ -1,7 +1,7 @@
 """The Faust application, wired: topics, the held-state table, the engine, timers, views.
 
 Thin glue. Records never pass through a Faust agent or stream: the consumer
-hands whole fetches to `app.engine.Engine` (see app.internals for what of Faust
+hands whole fetches to `app.engine.engine.Engine` (see app.overrides.internals for what of Faust
 is replaced, and why). Faust keeps the worker and its CLI, the web server, the
 timers, the changelog-backed table and its recovery, and group membership
 and assignment.
@@ -18,18 +18,19 @@ import faust
 from aiokafka import AIOKafkaProducer
 from faust.web import Request, Response, View
 
-from . import probes, web
-from .config import Settings
-from .engine import Engine
-from .inflight import InFlight
-from .internals import EosProducer, MergerApp, derive_on_recovery
-from .logs import logging_config
-from .merge import Rules
-from .metrics import Metrics
-from .processor import Destinations, Processor
-from .registry import AgentRegistry
-from .statestore import StateStore
-from .topics import Layout, rekey_topic_name
+from app.core.merge import Rules
+from app.engine.engine import Engine
+from app.engine.processor import Destinations, Processor
+from app.kafka import probes
+from app.kafka.registry import AgentRegistry
+from app.kafka.topics import Layout, rekey_topic_name
+from app.ops import web
+from app.ops.config import Settings
+from app.ops.logs import logging_config
+from app.ops.metrics import Metrics
+from app.overrides.internals import EosProducer, MergerApp, derive_on_recovery
+from app.state.inflight import InFlight
+from app.state.statestore import StateStore
 
 log = logging.getLogger(__name__)
 
@@ -116,7 +117,7 @@ def producer_factory(settings: Settings, transactional_id: str):
 
 
 def create_app(settings: Settings, layout: Layout) -> faust.App:
-    partitions = layout.state_partitions  # the held table's, fixed (app.topics)
+    partitions = layout.state_partitions  # the held table's, fixed (app.kafka.topics)
     rekey_name = rekey_topic_name(settings)
     counts: Counter[str] = Counter()
     registry = AgentRegistry(settings.connection, settings.agents_topic, layout.agents_partitions)
@@ -174,7 +175,7 @@ def create_app(settings: Settings, layout: Layout) -> faust.App:
         web_host=settings.web_advertised_host,  # where other workers reach them (routing)
         topic_partitions=partitions,
         # the changelog and the assignor's leader topic, which Faust creates itself:
-        # replicated like the worker's own topics (app.topics)
+        # replicated like the worker's own topics (app.kafka.topics)
         topic_replication_factor=layout.replication,
         key_serializer=RAW,
         value_serializer=RAW,
@@ -187,7 +188,7 @@ def create_app(settings: Settings, layout: Layout) -> faust.App:
         # dead one starts from its standby's RocksDB instead of the whole changelog.
         # Chaos (seed 31, at_least_once) once found a standby past a changelog record
         # it never applied: Faust emptied its changelog queue on resume
-        # (app.internals.keep_changelog_queue_on_resume keeps it).
+        # (app.overrides.internals.keep_changelog_queue_on_resume keeps it).
         table_standby_replicas=1,
         # A killed worker's partitions move after the session timeout (10 s by
         # default, not Faust's 60 s); with an instance id, a worker restarted within
@@ -218,7 +219,7 @@ def create_app(settings: Settings, layout: Layout) -> faust.App:
     derive_on_recovery(held.data)  # the local indexes follow the replay
     app.engine = engine  # for views and tests
     app.registry = registry
-    app.connection = settings.connection  # for the probes in app.transactions
+    app.connection = settings.connection  # for the probes in app.kafka.probes
 
     # A read_committed reader sees a record when its transaction commits: the
     # commit interval bounds the latency from below.

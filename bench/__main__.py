@@ -12,7 +12,7 @@ import sys
 import time
 import uuid
 
-from app.connection import Connection
+from app.kafka.connection import Connection
 
 from . import report
 from .common import (

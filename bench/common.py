@@ -17,7 +17,7 @@ from aiokafka import AIOKafkaConsumer
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 
 import localkafka
-from app.connection import Connection
+from app.kafka.connection import Connection
 from chaos.processes import Topics, WorkerProcess
 
 PARTITIONS = 6

@@ -2,7 +2,7 @@
 
 The same seeded workload's records (raw events: bodies, headers, processor trees)
 are written once per codec to a fresh topic by the worker's own producer
-(`app.worker.producer_factory`, batches built and sent whole as `app.outbox` does,
+(`app.worker.producer_factory`, batches built and sent whole as `app.engine.outbox` does,
 512 KB per partition), then read back by a consumer. Measured per codec, in this
 process: CPU seconds to build, compress and send the batches; bytes of the
 compressed batches; CPU seconds to fetch and decompress them. Every figure is also
@@ -21,8 +21,8 @@ from aiokafka import AIOKafkaConsumer
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 
 import simulator
-from app.config import COMPRESSIONS, Settings
-from app.connection import Connection
+from app.kafka.connection import Connection
+from app.ops.config import COMPRESSIONS, Settings
 from app.worker import producer_factory
 
 from .common import PARTITIONS, delete_topics, say, wait_assigned

@@ -7,7 +7,7 @@ import time
 from pathlib import Path
 
 import simulator
-from app.connection import Connection
+from app.kafka.connection import Connection
 
 from .common import (
     Progress,

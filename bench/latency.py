@@ -12,7 +12,7 @@ from pathlib import Path
 from aiokafka import AIOKafkaProducer
 
 import simulator
-from app.connection import Connection
+from app.kafka.connection import Connection
 
 from .common import (
     Sampler,

@@ -1,8 +1,8 @@
 """(c) The same merge without Faust: a plain aiokafka batch loop, a reference for (b).
 
 The issue's third contender, built from the worker's own functional core: `getmany`
-on the event loop (no consumer thread), `app.processor` and `app.merge` for every
-record, RocksDB state through `app.statestore` (a changelog record per changed key,
+on the event loop (no consumer thread), `app.engine.processor` and `app.core.merge` for every
+record, RocksDB state through `app.state.statestore` (a changelog record per changed key,
 RocksDB written after the commit), ONE transactional producer and one transaction
 per 100 ms with the source offsets in it. What it leaves out is what a worker needs
 and a benchmark does not: group rebalances, recovery, safety nets, sweeps, the web
@@ -27,19 +27,19 @@ from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 from rocksdict import Options, Rdict
 
-from app.connection import Connection
-from app.merge import Rules
-from app.outbox import Outbox
-from app.processor import Destinations, Processor
-from app.registry import AgentRegistry
-from app.statestore import StateStore
+from app.core.merge import Rules
+from app.engine.outbox import Outbox
+from app.engine.processor import Destinations, Processor
+from app.kafka.connection import Connection
+from app.kafka.registry import AgentRegistry
+from app.state.statestore import StateStore
 
 COMMIT_INTERVAL = 0.1  # the worker's default
 BATCH_MAX = 1000  # the worker's default records per fetch
 
 
 class _Data:
-    """What app.statestore needs of a Faust RocksDB store."""
+    """What app.state.statestore needs of a Faust RocksDB store."""
 
     offset_key = b"__plainloop_changelog_offset__"
 
@@ -59,7 +59,7 @@ class _Topic:
 
 
 class _Table:
-    """What app.statestore needs of a Faust table: its store and changelog topic."""
+    """What app.state.statestore needs of a Faust table: its store and changelog topic."""
 
     def __init__(self, dbs: dict[int, Rdict], changelog: str) -> None:
         self.data = _Data(dbs)
@@ -106,7 +106,7 @@ async def run(args: argparse.Namespace) -> None:
     counts: Counter[str] = Counter()
     processor = Processor(
         # no sweeps here: a re-keyed terminal goes out at once instead of waiting for a
-        # RUNNING still on its way (the worker's bounded wait, app/rekeybarrier.py)
+        # RUNNING still on its way (the worker's bounded wait, app/core/rekeybarrier.py)
         Rules(stale_after_ms=3_600_000, rekey_grace_ms=0),
         store,
         Destinations(args.output, args.dlq, rekey, n, n, n),

@@ -9,7 +9,7 @@ from aiokafka import AIOKafkaProducer
 from aiokafka.partitioner import murmur2
 
 import simulator
-from app.connection import Connection
+from app.kafka.connection import Connection
 from simulator import Kind
 
 from .common import PARTITIONS, Progress, Topics, say

@@ -32,8 +32,7 @@ from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 
 import simulator
-from app.connection import Connection
-from app.heldstate import (
+from app.core.heldstate import (
     Held,
     Marker,
     Source,
@@ -42,6 +41,7 @@ from app.heldstate import (
     index_key,
     state_key,
 )
+from app.kafka.connection import Connection
 
 from .common import (
     PARTITIONS,
@@ -82,7 +82,7 @@ async def preload_changelog(
     kafka: Connection, topics: Topics, held: int, markers: int, seed: int
 ) -> Preloaded:
     """The changelog of `held` RUNNING executions and `markers` finished ones, as the
-    worker writes it (app.merge's writes, filtered by app.heldstate.in_changelog)."""
+    worker writes it (app.core.merge's writes, filtered by app.core.heldstate.in_changelog)."""
     topic = changelog_topic(topics)
     admin = AIOKafkaAdminClient(**kafka.aiokafka_kwargs())
     await admin.start()

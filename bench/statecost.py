@@ -2,12 +2,12 @@
 
 `python -m bench.statecost` (no broker): N held RUNNING executions (simulator RUNNING
 events, 400-800 bytes) and N dedupe markers, encoded as the worker encodes them
-(app.heldstate), then
+(app.core.heldstate), then
 - the changelog: their records appended to a Kafka record batch (format v2,
   uncompressed, as the worker's producer writes with the default compression), the
   bytes per record the topic keeps once compacted (one record per key);
 - RocksDB: replayed into an empty store with the worker's options, as a restore
-  writes it (app.statestore.replay: the state and its local indexes), flushed and
+  writes it (app.state.statestore.replay: the state and its local indexes), flushed and
   compacted, the bytes of its table files per execution.
 """
 
@@ -24,8 +24,8 @@ from aiokafka.record.default_records import DefaultRecordBatchBuilder
 from faust.stores.rocksdb import RocksDBOptions
 
 import simulator
-from app.heldstate import Held, Marker, Source, encode_state, index_key, state_key
-from app.statestore import replay
+from app.core.heldstate import Held, Marker, Source, encode_state, index_key, state_key
+from app.state.statestore import replay
 from app.worker import ROCKSDB_OPTIONS
 
 from .common import say

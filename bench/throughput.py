@@ -12,7 +12,7 @@ from pathlib import Path
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
 from aiokafka.admin import AIOKafkaAdminClient
 
-from app.connection import Connection
+from app.kafka.connection import Connection
 
 from .common import (
     PARTITIONS,

@@ -15,7 +15,7 @@ from pathlib import Path
 import orjson
 
 import localkafka
-from app.connection import Connection
+from app.kafka.connection import Connection
 
 # The real command, as installed by `pip install -e .`: what `make run` starts.
 WORKER_COMMAND = [str(Path(sys.executable).parent / "cameleer-merger")]

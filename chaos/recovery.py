@@ -18,9 +18,9 @@ from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 
 import localkafka
 import simulator
-from app import probes
-from app.connection import Connection
-from app.processor import partition_for
+from app.engine.processor import partition_for
+from app.kafka import probes
+from app.kafka.connection import Connection
 
 from .processes import Topics, WorkerProcess
 from .run import say

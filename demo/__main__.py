@@ -31,7 +31,7 @@ from pathlib import Path
 from prometheus_client.parser import text_string_to_metric_families
 
 import localkafka
-from app.connection import Connection
+from app.kafka.connection import Connection
 from chaos.processes import WORKER_COMMAND, Topics, WorkerProcess
 
 STALE_AFTER = 10

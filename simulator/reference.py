@@ -1,6 +1,6 @@
 """A small reference model of the merge contract (shared/CONTRACT.md), for one execution.
 
-Written from the contract alone, on purpose not by calling `app.merge`: tests, the
+Written from the contract alone, on purpose not by calling `app.core.merge`: tests, the
 chaos harness and benchmarks compare what the worker emitted for an execution with
 what this model says the output topic must hold.
 

@@ -264,7 +264,7 @@ def barrier(bootstrap: str, topics: Topics, partition: int, timeout: float = 60.
     test; records of one partition are handled in order and their transactions
     commit in order, so once the sentinel's output is readable (read_committed),
     every output of the earlier records is too. A terminal that found nothing held
-    waits for the re-key topic's progress (app.merge, "Mixed keying"): the
+    waits for the re-key topic's progress (app.core.merge, "Mixed keying"): the
     sentinel, read after every earlier one, is let go no sooner than they are.
     Returns the sentinel's execution id.
     """
@@ -311,6 +311,6 @@ def settled(bootstrap: str, topics: Topics, partitions: Iterable[int], topic: st
 
 
 def partition_of(execution_id: str, partitions: int = 3) -> int:
-    from app.processor import partition_for
+    from app.engine.processor import partition_for
 
     return partition_for(execution_id.encode(), partitions)

@@ -15,7 +15,7 @@ import uuid
 import pytest
 from aiokafka import AIOKafkaProducer
 
-from app.heldstate import Held, Marker, decode_state
+from app.core.heldstate import Held, Marker, decode_state
 
 from .harness import changelog, consume_until, event, for_key, partition_of, produce, settled
 

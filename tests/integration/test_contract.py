@@ -8,7 +8,7 @@ import uuid
 import orjson
 import pytest
 
-from app.heldstate import Held, decode_state
+from app.core.heldstate import Held, decode_state
 
 from .harness import (
     changelog,

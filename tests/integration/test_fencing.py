@@ -9,8 +9,8 @@ import uuid
 import pytest
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 
-from app.internals import EosProducer, ZombieFenced, fetch_stable_offsets
-from app.kip447 import GroupMetadata
+from app.kafka.kip447 import GroupMetadata
+from app.overrides.internals import EosProducer, ZombieFenced, fetch_stable_offsets
 
 from .harness import consume_until, create_topic
 

@@ -28,10 +28,10 @@ from aiokafka.admin import AIOKafkaAdminClient
 from aiokafka.protocol.admin import CreateAclsRequest, DeleteAclsRequest
 
 import localkafka
-from app import access
-from app.config import Settings
-from app.connection import Connection, KafkaRefused
-from app.topics import ensure_topics
+from app.kafka import access
+from app.kafka.connection import Connection, KafkaRefused
+from app.kafka.topics import ensure_topics
+from app.ops.config import Settings
 from chaos.processes import WORKER_COMMAND, Topics, WorkerProcess
 from localkafka.tls import Certificates, make_broker_certificates, make_ca
 

@@ -1,5 +1,5 @@
 """A standby's end offset is the log's end when a zombie's transaction holds the last
-stable offset back (app.probes.standby_ends, used by app.internals' highwaters).
+stable offset back (app.kafka.probes.standby_ends, used by app.overrides.internals' highwaters).
 
 Chaos caught it: a worker that owned a changelog partition a moment ago had
 committed records there after a zombie's transaction opened; as a standby of
@@ -14,8 +14,8 @@ import uuid
 
 from aiokafka import AIOKafkaProducer, TopicPartition
 
-from app.connection import Connection
-from app.probes import reader, standby_ends
+from app.kafka.connection import Connection
+from app.kafka.probes import reader, standby_ends
 
 from .harness import create_topic
 

@@ -23,7 +23,7 @@ from pathlib import Path
 import orjson
 import pytest
 
-from app.engine import EXIT_FATAL
+from app.engine.engine import EXIT_FATAL
 from chaos.processes import Topics, WorkerProcess
 
 from .harness import consume_until, create_topic, event, for_key, partition_of, produce

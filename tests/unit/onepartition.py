@@ -10,8 +10,8 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
-from app import merge
-from app.heldstate import state_key
+from app.core import merge
+from app.core.heldstate import state_key
 
 
 def released(

@@ -3,8 +3,8 @@ tests/integration/test_security.py for the same on the real one)."""
 
 from __future__ import annotations
 
-from app import access
-from app.config import Settings
+from app.kafka import access
+from app.ops.config import Settings
 
 
 def test_the_set_follows_the_topic_names_app_id_and_guarantee():
@@ -36,7 +36,7 @@ def test_a_broker_that_does_not_say_what_is_allowed_is_not_a_refusal():
 
 
 def test_an_existing_topic_with_fewer_replicas_than_asked_is_named_with_the_fix():
-    from app.topics import warn_under_replicated
+    from app.kafka.topics import warn_under_replicated
 
     infos = {
         "changelog": access.TopicInfo("changelog", 0, 6, access.UNKNOWN_OPERATIONS, 1),

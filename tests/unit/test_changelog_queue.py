@@ -1,4 +1,4 @@
-"""Faust's changelog queue keeps what it holds when the flow resumes (app.internals).
+"""Faust's changelog queue keeps what it holds when the flow resumes (app.overrides.internals).
 
 Faust empties the queue at every `flow_control.resume()`. After a recovery has
 sought and resumed the standby partitions, it resumes the flow once more: the
@@ -13,7 +13,7 @@ from types import SimpleNamespace
 
 from mode.utils.queues import FlowControlEvent, ThrowableQueue
 
-from app.internals import keep_changelog_queue_on_resume
+from app.overrides.internals import keep_changelog_queue_on_resume
 
 
 def faust_like_app() -> SimpleNamespace:

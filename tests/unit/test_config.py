@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from app.config import OPTIONS, Settings, apply_arguments
+from app.ops.config import OPTIONS, Settings, apply_arguments
 
 
 def test_defaults_are_the_documented_ones():

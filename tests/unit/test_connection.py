@@ -12,9 +12,9 @@ import pytest
 from aiokafka.abc import AbstractTokenProvider
 from faust.transport.drivers.aiokafka import credentials_to_aiokafka_auth
 
-from app import access
-from app.config import Settings, apply_arguments, argument_parser
-from app.connection import Connection, SettingsError
+from app.kafka import access
+from app.kafka.connection import Connection, SettingsError
+from app.ops.config import Settings, apply_arguments, argument_parser
 from localkafka import unsecured_token
 from localkafka.tls import make_ca
 

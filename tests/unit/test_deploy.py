@@ -11,12 +11,12 @@ from pathlib import Path, PurePosixPath
 import pytest
 import yaml
 
-from app.config import OPTIONS
+from app.ops.config import OPTIONS
 
 ROOT = Path(__file__).parents[2]
 DEPLOY = ROOT / "deploy"
 KUBE = DEPLOY / "kubernetes"
-SETTINGS = {o.env: o for o in OPTIONS}  # app/config.py and app/connection.py
+SETTINGS = {o.env: o for o in OPTIONS}  # app/ops/config.py and app/kafka/connection.py
 # Variables whose value is a file or folder the worker reads or writes.
 PATH_SETTINGS = (
     "CAMELEER_STATE_DIR",
@@ -26,7 +26,7 @@ PATH_SETTINGS = (
     "KAFKA_SSL_CERTFILE",
     "KAFKA_SSL_KEYFILE",
 )
-ROUTES = set(re.findall(r'@app\.page\("([^"]+)"\)', (ROOT / "app" / "web.py").read_text()))
+ROUTES = set(re.findall(r'@app\.page\("([^"]+)"\)', (ROOT / "app" / "ops" / "web.py").read_text()))
 CHECKED = {"kustomization.yaml", "service.yaml", "statefulset.yaml", "poddisruptionbudget.yaml"}
 CHECKED |= {"podmonitor.yaml"}
 

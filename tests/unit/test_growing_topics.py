@@ -15,13 +15,13 @@ from aiokafka import TopicPartition
 from faust.assignor.client_assignment import ClientAssignment
 from rocksdict import Options, Rdict
 
-from app import merge
-from app.engine import Engine
-from app.heldstate import state_key
-from app.internals import colocate_raw
-from app.processor import Destinations, Processor, now_ms, partition_for
-from app.statestore import StateStore
-from app.topics import state_partition_count
+from app.core import merge
+from app.core.heldstate import state_key
+from app.engine.engine import Engine
+from app.engine.processor import Destinations, Processor, now_ms, partition_for
+from app.kafka.topics import state_partition_count
+from app.overrides.internals import colocate_raw
+from app.state.statestore import StateStore
 
 STATE = 3  # the held state's partitions (re-key and changelog topics)
 RAW, REKEY, CHANGELOG = "raw", "rekey", "held-changelog"

@@ -6,7 +6,7 @@ import io
 import json
 import logging
 
-from app.logs import JsonFormatter, logging_config
+from app.ops.logs import JsonFormatter, logging_config
 
 
 def emit(logger: logging.Logger, *args, **kwargs) -> list[dict]:
@@ -22,14 +22,14 @@ def emit(logger: logging.Logger, *args, **kwargs) -> list[dict]:
 
 
 def test_a_line_is_one_object_with_time_level_logger_message_and_context():
-    log = logging.getLogger("app.processor")
+    log = logging.getLogger("app.engine.processor")
     [line] = emit(
         log,
         "dead letter %s:\nsecond line",
         "invalid-json",
         extra={"partition": 2, "topic": "raw", "offset": 41, "execution_id": None},
     )
-    assert line["level"] == "warning" and line["logger"] == "app.processor"
+    assert line["level"] == "warning" and line["logger"] == "app.engine.processor"
     assert line["message"] == "dead letter invalid-json:\nsecond line"  # escaped: one line
     assert (line["partition"], line["topic"], line["offset"]) == (2, "raw", 41)
     assert "execution_id" not in line  # not known: left out, not null
@@ -37,7 +37,7 @@ def test_a_line_is_one_object_with_time_level_logger_message_and_context():
 
 
 def test_an_exception_is_a_field_of_the_same_line():
-    log = logging.getLogger("app.engine")
+    log = logging.getLogger("app.engine.engine")
     try:
         raise RuntimeError("boom")
     except RuntimeError:

@@ -5,8 +5,8 @@ from __future__ import annotations
 import orjson
 import pytest
 
-from app import merge
-from app.heldstate import (
+from app.core import merge
+from app.core.heldstate import (
     Held,
     Marker,
     Source,

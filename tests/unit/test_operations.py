@@ -11,17 +11,17 @@ import pytest
 from prometheus_client.parser import text_string_to_metric_families
 from rocksdict import Options, Rdict
 
-from app.cli import format_running, tail_line
-from app.config import Settings
-from app.heldstate import Held, Marker, Source, decode_state, encode_state, state_key
-from app.inflight import (
+from app.core.heldstate import Held, Marker, Source, decode_state, encode_state, state_key
+from app.ops.cli import format_running, tail_line
+from app.ops.config import Settings
+from app.ops.metrics import Metrics, _BatchHistogram
+from app.state.inflight import (
     HELD_INDEX_PREFIX,
     InFlight,
     index_held,
     parse_index_value,
 )
-from app.metrics import Metrics, _BatchHistogram
-from app.statestore import StateStore
+from app.state.statestore import StateStore
 
 OFFSET_KEY = b"__faust\x00offset__"
 
@@ -62,7 +62,7 @@ def held_index(db) -> dict[bytes, tuple[int, bool]]:
 @pytest.mark.parametrize("stale", [False, True])
 @pytest.mark.parametrize("rekeyed", [False, True])
 def test_the_held_index_reads_what_decode_state_reads(stale, rekeyed):
-    # the index copies bytes out of app.heldstate's layout: the two must agree
+    # the index copies bytes out of app.core.heldstate's layout: the two must agree
     value = encode_state(
         Held(1_700_000_123_456, 1_700_000_423_456, stale, (running_event("e", 1),), rekeyed)
     )

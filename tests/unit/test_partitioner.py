@@ -6,7 +6,7 @@ import random
 
 from aiokafka.partitioner import murmur2 as aiokafka_murmur2
 
-from app.processor import partition_for
+from app.engine.processor import partition_for
 
 
 def java_default_partition(key: bytes, partitions: int) -> int:

@@ -1,4 +1,4 @@
-"""Property-based tests of the pure core (app.merge + app.heldstate) against the contract.
+"""Property-based tests of the pure core (app.core.merge + app.core.heldstate) against the contract.
 
 A tiny driver plays the worker's shell: `classify` + `decide` per raw record with a
 dict as the state store, and a sweep over the due index keys at arbitrary moments.
@@ -27,8 +27,8 @@ from hypothesis import (
 from hypothesis import strategies as st
 
 import simulator
-from app import merge
-from app.heldstate import (
+from app.core import merge
+from app.core.heldstate import (
     INDEX_PREFIX,
     Held,
     Marker,

@@ -1,6 +1,6 @@
 """Mixed keying: a terminal waits for the RUNNING events that may still be on their way
-through the re-key topic (app.merge `Pending`), and the re-key progress that lets it go
-(app.rekeybarrier). Pure: no Kafka."""
+through the re-key topic (app.core.merge `Pending`), and the re-key progress that lets it go
+(app.core.rekeybarrier). Pure: no Kafka."""
 
 from __future__ import annotations
 
@@ -9,9 +9,9 @@ import struct
 import orjson
 from aiokafka import TopicPartition
 
-from app import merge
-from app.heldstate import Pending, Source, decode_state, encode_state, state_key
-from app.rekeybarrier import RekeyBarrier
+from app.core import merge
+from app.core.heldstate import Pending, Source, decode_state, encode_state, state_key
+from app.core.rekeybarrier import RekeyBarrier
 
 RULES = merge.Rules(stale_after_ms=300_000, rekey_grace_ms=60_000, max_record_bytes=10_000)
 TRACE = ("traceparent", b"00-abc-01")

@@ -8,8 +8,8 @@ from types import SimpleNamespace
 import pytest
 from rocksdict import Options, Rdict
 
-from app import merge
-from app.heldstate import (
+from app.core import merge
+from app.core.heldstate import (
     INDEX_PREFIX,
     STATE_PREFIX,
     Held,
@@ -24,8 +24,8 @@ from app.heldstate import (
     parse_index_key,
     state_key,
 )
-from app.inflight import HELD_INDEX_PREFIX
-from app.statestore import StateStore, has_held_index, replay
+from app.state.inflight import HELD_INDEX_PREFIX
+from app.state.statestore import StateStore, has_held_index, replay
 
 OFFSET_KEY = b"__faust\x00offset__"
 
@@ -77,7 +77,7 @@ def by_prefix(db: Rdict, prefix: bytes) -> dict[bytes, bytes]:
 
 
 def history(store) -> None:
-    """Executions through their lives, with the writes app.merge makes."""
+    """Executions through their lives, with the writes app.core.merge makes."""
     rules = merge.Rules(stale_after_ms=1_000, dedupe_window_ms=10_000)
     for i in range(30):
         eid = f"x{i}"

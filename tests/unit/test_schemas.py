@@ -19,10 +19,10 @@ import orjson
 import pytest
 from jsonschema import Draft202012Validator
 
-from app import merge
-from app.heldstate import INDEX_PREFIX, Source, parse_index_key, state_key
-from app.processor import ORIGIN, Destinations, Processor
-from app.registry import parse_registration
+from app.core import merge
+from app.core.heldstate import INDEX_PREFIX, Source, parse_index_key, state_key
+from app.engine.processor import ORIGIN, Destinations, Processor
+from app.kafka.registry import parse_registration
 
 from .onepartition import released
 
@@ -254,7 +254,7 @@ def headers_object(headers) -> dict[str, str | None]:
 
 
 class PureWorker:
-    """The worker's decisions (app.merge) over a dict of state, without Kafka or Faust."""
+    """The worker's decisions (app.core.merge) over a dict of state, without Kafka or Faust."""
 
     def __init__(self, max_record_bytes: int = 1_000_000) -> None:
         self.rules = merge.Rules(max_record_bytes=max_record_bytes)

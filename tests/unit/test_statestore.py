@@ -7,9 +7,9 @@ from types import SimpleNamespace
 import pytest
 from rocksdict import Options, Rdict
 
-from app import merge
-from app.heldstate import Held, Source, encode_state, index_key, parse_index_key, state_key
-from app.statestore import StateStore
+from app.core import merge
+from app.core.heldstate import Held, Source, encode_state, index_key, parse_index_key, state_key
+from app.state.statestore import StateStore
 
 OFFSET_KEY = b"__faust\x00offset__"
 

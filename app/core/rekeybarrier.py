@@ -1,7 +1,7 @@
 """How far the re-key topic is known complete, for the pending terminals.
 
 A terminal event that may still have RUNNING events on their way through the
-re-key topic from other raw partitions waits (app.merge, `Pending`; mixed
+re-key topic from other raw partitions waits (app.core.merge, `Pending`; mixed
 keying). The agent sent the RUNNING first, so it was in the raw topic before
 the terminal, hence before the worker read the terminal at `since`. The
 terminal may go out alone once every raw record present at some time t >= since

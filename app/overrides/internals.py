@@ -20,7 +20,7 @@ Faust
   used a stale cache, then waited for a commit marker no consumer receives);
   a standby's, up to the log's end (a zombie's open transaction made Faust's
   consistency check crash a worker whose standby was past the stable offset).
-- `MergerConsumer.on_partitions_assigned`: counts rebalances (app.metrics), and
+- `MergerConsumer.on_partitions_assigned`: counts rebalances (app.ops.metrics), and
   stops the worker when the assignment cannot be worked (`Engine.layout_problem`).
 - `MergerAssignor`: raw partition p goes to the owner of state partition
   p % (state partitions). Faust co-partitions topics of equal partition counts
@@ -28,7 +28,7 @@ Faust
   from the re-key and changelog partitions their records are merged in.
   starts the engine's producer before Faust's table recovery (see there).
 - `static_heartbeat`: a static member's heartbeat carries its instance id
-  (app.kip345); a worker whose instance id was taken over exits.
+  (app.kafka.kip345); a worker whose instance id was taken over exits.
 - `keep_changelog_queue_on_resume`: Faust empties its changelog queue at every
   `flow_control.resume()`, also after the standbys were sought and resumed,
   when their records queued meanwhile are past the consumer's position: a
@@ -41,7 +41,7 @@ Faust
   recovery's offsets and end signal are Faust's own.
 - `derive_on_recovery`: Faust's own changelog replay (`Store.apply_changelog_batch`)
   writes as the batch path above does, with the local indexes derived from the
-  states (app.statestore.replay).
+  states (app.state.statestore.replay).
 - `MergerAssignor`: raw partitions follow their state partitions, and an
   assignment made for an older address of this worker (a static member restarted
   under a new one) is taken instead of failing Faust's check.
@@ -49,7 +49,7 @@ Faust
 
 aiokafka
 - `EosProducer`: its Sender commits transaction offsets with TxnOffsetCommit v3
-  (generation and member id, app.kip447) instead of v0 (group id only).
+  (generation and member id, app.kafka.kip447) instead of v0 (group id only).
 """
 
 from __future__ import annotations
@@ -75,12 +75,12 @@ from faust.transport.drivers.aiokafka import (
     Transport,
 )
 
-from . import kip345, kip447
-from .connection import Connection
-from .engine import Engine, fatal
-from .kip447 import GroupMetadata
-from .probes import after_last_records, ends_without_open_transactions, standby_ends
-from .statestore import has_held_index, replay
+from app.engine.engine import Engine, fatal
+from app.kafka import kip345, kip447
+from app.kafka.connection import Connection
+from app.kafka.kip447 import GroupMetadata
+from app.kafka.probes import after_last_records, ends_without_open_transactions, standby_ends
+from app.state.statestore import has_held_index, replay
 
 log = logging.getLogger(__name__)
 
@@ -393,7 +393,7 @@ class MergerConsumerThread(AIOKafkaConsumerThread):
 
 async def static_heartbeat(coordinator) -> bool:
     """aiokafka's `GroupCoordinator._do_heartbeat` (consumer/group_coordinator.py) for a
-    static member: Heartbeat v3, with the instance id (app.kip345), and a member whose
+    static member: Heartbeat v3, with the instance id (app.kafka.kip345), and a member whose
     instance id another worker has taken since exits at once, without committing.
 
     The other answers are handled as aiokafka handles them.
@@ -443,11 +443,11 @@ class MergerConsumer(Consumer):
     def __init__(self, *args, engine: Engine, connection: Connection, **kwargs) -> None:
         super().__init__(*args, **kwargs)
         self._engine = engine
-        self._connection = connection  # for the short reads of app.probes
+        self._connection = connection  # for the short reads of app.kafka.probes
         self.counts = engine.counts  # restored_records, standby_records (/stats)
         self._restored_before = 0
         # per changelog partition restored into a RocksDB that had no held index: the
-        # held-index keys written since (app.statestore.replay), until the engine
+        # held-index keys written since (app.state.statestore.replay), until the engine
         # writes the partition or a rebalance comes
         self._held_written: dict = {}
         engine.attach(self)
@@ -553,7 +553,7 @@ class MergerConsumer(Consumer):
         through its changelog queue, its recovery loop's bookkeeping, and a write
         batch per 1,000 records (about 3,500 records/s restored, bench.restore).
         Here the whole fetch of a partition goes into one write batch with its
-        offset (app.statestore.replay), and the recovery's offsets and end signal
+        offset (app.state.statestore.replay), and the recovery's offsets and end signal
         are updated as Faust's changelog reader does (faust/tables/recovery.py,
         `_slurp_changelogs`). No await between the checks and the write: a
         rebalance or a recovery's seek cannot come in between. Records of a
@@ -634,8 +634,8 @@ class MergerConsumer(Consumer):
         if not self.in_transaction:
             return ends
         # the partitions this worker now owns: read them only once no previous
-        # owner's transaction is open there (app.probes); standbys are read as they
-        # are, and checked against the log's end (app.probes.standby_ends)
+        # owner's transaction is open there (app.kafka.probes); standbys are read as they
+        # are, and checked against the log's end (app.kafka.probes.standby_ends)
         actives = set(self.app.assignor.assigned_actives())
         owned = [tp for tp in partitions if tp in actives]
         if owned:
@@ -650,7 +650,7 @@ class MergerConsumer(Consumer):
 def derive_on_recovery(store) -> None:
     """Faust's `Store.apply_changelog_batch` (faust/stores/rocksdb.py, rocksdict driver)
     as `MergerConsumer._apply_changelog` writes: with the local indexes derived from
-    the states and the offset in the same write batch (app.statestore.replay). Faust
+    the states and the offset in the same write batch (app.state.statestore.replay). Faust
     calls it for what its changelog queue buffered (nothing: changelog records take
     the batch path). Replaced on the one store instance.
     """
@@ -787,7 +787,7 @@ class MergerTransactionManager(TransactionManager):
         return False  # Faust's commit timer: commits are the engine's
 
     async def send(self, *args, **kwargs):
-        raise RuntimeError("records go through app.engine, not Faust's transactions")
+        raise RuntimeError("records go through app.engine.engine, not Faust's transactions")
 
 
 class MergerTransport(Transport):

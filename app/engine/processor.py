@@ -3,7 +3,7 @@
 Synchronous on purpose: `handle` takes a whole fetched batch of one source
 partition and runs it to the end without yielding, appending every record it
 causes to the engine's `Outbox` and every state change to the `StateStore`'s
-overlay. Every decision comes from `app.merge`; this module only moves bytes
+overlay. Every decision comes from `app.core.merge`; this module only moves bytes
 and counts. `sweep` does the same for the due entries of one partition's time
 index (stale flushes, marker expiry).
 """
@@ -18,10 +18,10 @@ from dataclasses import dataclass
 
 from murmurhash2 import murmurhash2
 
-from . import merge
-from .heldstate import Source, parse_index_key, state_key, state_key_of
-from .merge import DeadLetter, Decision, Rejected, Rules
-from .statestore import StateStore
+from app.core import merge
+from app.core.heldstate import Source, parse_index_key, state_key, state_key_of
+from app.core.merge import DeadLetter, Decision, Rejected, Rules
+from app.state.statestore import StateStore
 
 log = logging.getLogger(__name__)
 
@@ -87,7 +87,7 @@ class Processor:
         self.counts = counts
         self.retention = merge.RetentionReport()  # what left the state, logged
         # Kafka timestamps of the terminal events (v1 or v2) whose records were emitted
-        # since the engine last took them (per commit: app.metrics' end-to-end latency)
+        # since the engine last took them (per commit: app.ops.metrics' end-to-end latency)
         self.published_ms: list[int] = []
 
     def handle(self, partition: int, records: Sequence, outbox) -> None:
@@ -95,7 +95,7 @@ class Processor:
 
         `partition`: the state partition they are handled in, the re-key partition's
         own, or for raw partition p, p modulo the state's count (the assignment gives
-        raw p to the owner of that state partition, app.internals.MergerAssignor)."""
+        raw p to the owner of that state partition, app.overrides.internals.MergerAssignor)."""
         if not records:
             return
         rekeyed = records[0].topic == self.to.rekey_topic  # one partition: one topic
@@ -142,7 +142,7 @@ class Processor:
                 stored = get(partition, state_key_of(parsed.key))
                 # Read on a raw partition beyond the state's count (the raw topic grew):
                 # its execution's other events may be on another raw partition, not
-                # handled yet, as for a re-keyed record (app.merge, "Mixed keying").
+                # handled yet, as for a re-keyed record (app.core.merge, "Mixed keying").
                 elsewhere = rekeyed or record.partition != partition
                 decision = decide(parsed, stored, rules, now, elsewhere)
             self._apply(partition, decision, outbox)
@@ -186,7 +186,7 @@ class Processor:
 
     def sweep(self, partition: int, outbox, safe_ms: int = -1, limit: int = 10_000) -> int:
         """Flush due stale RUNNINGs, expire what is past its retention, let waiting
-        terminals go (`safe_ms`: see app/rekeybarrier.py), on one partition."""
+        terminals go (`safe_ms`: see app/core/rekeybarrier.py), on one partition."""
         now = now_ms()
         keys = self.store.due(partition, now, limit)
         for key in keys:

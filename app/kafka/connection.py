@@ -41,7 +41,7 @@ PROTOCOLS = ("PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL")
 MECHANISMS = ("PLAIN", "SCRAM-SHA-256", "SCRAM-SHA-512", "OAUTHBEARER")
 OAUTHBEARER = "OAUTHBEARER"
 
-# (environment variable, option, default, help); app.config lists them with the
+# (environment variable, option, default, help); app.ops.config lists them with the
 # worker's other options, so they are also options of every command that takes those.
 OPTIONS = (
     (

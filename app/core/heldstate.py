@@ -76,7 +76,7 @@ class Marker:
 @dataclass(slots=True)
 class Pending:
     """A terminal event that waits for the RUNNING events still in flight through the
-    re-key topic (app.merge, "Mixed keying"), with the RUNNING events that came."""
+    re-key topic (app.core.merge, "Mixed keying"), with the RUNNING events that came."""
 
     since_ms: int  # when the worker read it (wall clock)
     deadline_ms: int  # emitted then at the latest
@@ -225,9 +225,9 @@ def in_changelog(key: bytes) -> bool:
 
     Every state has exactly one index entry, at the due time its encoding holds
     (`due_of`): a restore derives the index from the states it replays
-    (app.statestore.replay), so the changelog carries one record per execution, not
+    (app.state.statestore.replay), so the changelog carries one record per execution, not
     two. An index entry left by an earlier state of the same execution is an orphan
-    that the sweep deletes when it comes due (app.merge.sweep_entry: "index_orphan").
+    that the sweep deletes when it comes due (app.core.merge.sweep_entry: "index_orphan").
     """
     return key[:1] != INDEX_PREFIX
 

@@ -13,7 +13,7 @@ import logging
 import orjson
 from aiokafka import AIOKafkaConsumer, TopicPartition
 
-from .connection import Connection
+from app.kafka.connection import Connection
 
 log = logging.getLogger(__name__)
 

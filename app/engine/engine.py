@@ -1,7 +1,7 @@
 """The batch engine: whole fetched batches in, one transaction per worker per commit out.
 
 How a record travels (docs/design.md):
-1. The consumer's fetch returns a batch per partition (app.internals replaces
+1. The consumer's fetch returns a batch per partition (app.overrides.internals replaces
    Faust's per-record drain loop); `handle` checks that each batch follows the
    last one handled, then the processor runs it synchronously: state changes go
    to the StateStore's in-memory overlay, output/DLQ/re-key records are appended
@@ -10,7 +10,7 @@ How a record travels (docs/design.md):
    worker owns. exactly_once: the overlay's last value per key goes to the
    changelog, every batch is handed to the worker's ONE transactional producer
    and acknowledged, the source offsets join the transaction with the consumer
-   group's generation and member id (TxnOffsetCommit v3, app.kip447), and the
+   group's generation and member id (TxnOffsetCommit v3, app.kafka.kip447), and the
    transaction commits. Only then is the overlay written to RocksDB.
    at_least_once: outputs, then the changelog, then the group's offsets, then
    RocksDB; a crash in between repeats records and never loses one.
@@ -40,11 +40,11 @@ from typing import Protocol
 
 from aiokafka import TopicPartition
 
-from .kip447 import GroupMetadata
-from .outbox import Outbox
-from .processor import Processor
-from .rekeybarrier import RekeyBarrier
-from .statestore import StateStore
+from app.core.rekeybarrier import RekeyBarrier
+from app.engine.outbox import Outbox
+from app.engine.processor import Processor
+from app.kafka.kip447 import GroupMetadata
+from app.state.statestore import StateStore
 
 log = logging.getLogger(__name__)
 
@@ -73,7 +73,7 @@ def _is_fencing(exc: BaseException) -> bool:
 
 
 class CommitWatch(Protocol):
-    """Told of each commit's end (app.metrics): once per commit, never per record."""
+    """Told of each commit's end (app.ops.metrics): once per commit, never per record."""
 
     def committed(self, seconds: float, offsets: dict, counts: dict, published_ms: list) -> None:
         """`counts`: the counters as the commit was cut; `published_ms`: Kafka timestamps of
@@ -83,7 +83,7 @@ class CommitWatch(Protocol):
 
 
 class GroupPort(Protocol):
-    """What the engine needs of the group's consumer (app.internals.MergerConsumer)."""
+    """What the engine needs of the group's consumer (app.overrides.internals.MergerConsumer)."""
 
     async def commit_offsets(self, offsets: dict) -> bool: ...
 
@@ -156,7 +156,7 @@ class Engine:
         self._catch_up_to: dict = {}  # at_least_once: end offsets at assignment
         self.last_commit_s = 0.0
         self.seconds: Counter[str] = Counter()  # wall time by activity, for /stats and tuning
-        # told of every commit that went through (app.metrics.Metrics), or None
+        # told of every commit that went through (app.ops.metrics.Metrics), or None
         self.watch: CommitWatch | None = None
 
     def attach(self, port: GroupPort) -> None:
@@ -172,7 +172,7 @@ class Engine:
         return frozenset(tp.partition for tp in self._positions if tp.topic == self.rekey_topic)
 
     def state_partition(self, tp) -> int:
-        """Where a source partition's records are handled (see app.processor)."""
+        """Where a source partition's records are handled (see app.engine.processor)."""
         return tp.partition % self.state_partitions if tp.topic == self.raw_topic else tp.partition
 
     def layout_problem(self, assigned: Iterable) -> str | None:
@@ -430,7 +430,7 @@ class Engine:
             return swept
 
     async def _rekey_progress(self) -> int:
-        """One round of app.rekeybarrier: raw ends, then committed, then re-key ends.
+        """One round of app.core.rekeybarrier: raw ends, then committed, then re-key ends.
 
         The raw topic's partition count is read afresh each round: a RUNNING may wait
         on a partition added since, which no worker owns yet (its committed offset,
@@ -618,5 +618,5 @@ class _Commit:
     sealed: list[int]  # partitions whose state writes this commit carries
     begin_next: bool
     started: float
-    counts: dict  # the engine's counters as the commit was cut (for app.metrics)
+    counts: dict  # the engine's counters as the commit was cut (for app.ops.metrics)
     published_ms: list[int]  # Kafka timestamps of the terminal events it publishes

@@ -10,7 +10,7 @@ keeps a local index of the held executions only:
 
 It is derived from the state, never sent to the changelog: `StateStore.committed`
 writes it in the same RocksDB write batch as the state it follows, and the
-changelog recovery writes it as it replays the state (app.statestore.replay), so it always
+changelog recovery writes it as it replays the state (app.state.statestore.replay), so it always
 matches the committed state, after a restart or on a new owner. Writing it costs
 one put or delete per state key a commit writes, nothing per record handled.
 Reading it costs O(held executions), never O(markers); the views and the metrics
@@ -31,13 +31,13 @@ from dataclasses import dataclass, field
 
 import orjson
 
-from .heldstate import Held, Marker, Pending, decode_state, state_key
+from app.core.heldstate import Held, Marker, Pending, decode_state, state_key
 
 HELD_INDEX_PREFIX = b"h"
-HELD_KIND = b"H"  # app.heldstate: a Held state's first byte; first_ts_ms is bytes 1-8
+HELD_KIND = b"H"  # app.core.heldstate: a Held state's first byte; first_ts_ms is bytes 1-8
 _FIRST_TS = struct.Struct(">q")
 _FLAGS_AT = 17  # after the kind (1), first_ts_ms (8) and due_ms (8)
-_STALE_FLAG = 1  # app.heldstate: flushed as stale (the flags' other bits say other things)
+_STALE_FLAG = 1  # app.core.heldstate: flushed as stale (the flags' other bits say other things)
 CACHE_S = 5.0
 YIELD_EVERY = 5_000  # index entries read between two turns of the event loop
 DESCRIBE_MAX = 100_000  # states read for one filtered listing or agent count

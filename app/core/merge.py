@@ -47,7 +47,7 @@ from typing import Any
 
 import orjson
 
-from .heldstate import (
+from app.core.heldstate import (
     Held,
     Marker,
     Pending,

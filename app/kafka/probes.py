@@ -13,7 +13,7 @@ from contextlib import asynccontextmanager
 
 from aiokafka import AIOKafkaConsumer, TopicPartition
 
-from .connection import Connection
+from app.kafka.connection import Connection
 
 log = logging.getLogger(__name__)
 

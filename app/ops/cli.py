@@ -8,7 +8,7 @@
 - `running`: the in-flight executions a worker holds (GET /executions/running), as
   a table; with `--all-workers`, every worker the first one knows of.
 
-They connect as the worker does (app.connection): the same KAFKA_* and
+They connect as the worker does (app.kafka.connection): the same KAFKA_* and
 CAMELEER_* variables, or the same options.
 """
 
@@ -28,7 +28,7 @@ from collections import Counter
 
 import orjson
 
-from .config import OPTIONS, Settings
+from app.ops.config import OPTIONS, Settings
 
 COMMANDS = ("simulate", "tail", "running")
 
@@ -252,7 +252,7 @@ def tail_line(origin: str, value: bytes | None) -> str:
 async def tail(args: argparse.Namespace, settings: Settings) -> int:
     from aiokafka import AIOKafkaConsumer, TopicPartition
 
-    from .probes import stop_quietly
+    from app.kafka.probes import stop_quietly
 
     consumer = AIOKafkaConsumer(
         **settings.connection.aiokafka_kwargs(),

@@ -16,7 +16,7 @@ commit writes the outputs, then the changelog, then the offsets, then RocksDB,
 so the state never gets ahead of the records it stands for.
 
 The RocksDB write batch of a commit also carries the local index of held
-executions (app.inflight: b"h" keys, never in the changelog), so the live view
+executions (app.state.inflight: b"h" keys, never in the changelog), so the live view
 and the held gauges read the held executions without reading every marker.
 
 `replay` is the other way in: changelog records read back (a restore, a
@@ -31,7 +31,7 @@ from collections.abc import Iterable, Iterator
 
 from rocksdict import WriteBatch
 
-from .heldstate import (
+from app.core.heldstate import (
     INDEX_PREFIX,
     STATE_PREFIX,
     due_of,
@@ -39,7 +39,7 @@ from .heldstate import (
     index_key_of,
     index_upper_bound,
 )
-from .inflight import HELD_INDEX_PREFIX, HELD_KIND, held_index_value, index_held
+from app.state.inflight import HELD_INDEX_PREFIX, HELD_KIND, held_index_value, index_held
 
 _MISSING = object()
 
@@ -47,8 +47,8 @@ _MISSING = object()
 def replay(db, records, offset_key: bytes, held: set[bytes] | None = None) -> int:
     """Write changelog records of one partition (in offset order, each with `.key`,
     `.value` and `.offset`) to its RocksDB `db` in one write batch: each state, the
-    local indexes derived from it (its time-index entry, app.heldstate.in_changelog;
-    the held index, app.inflight), and the offset of the last record under
+    local indexes derived from it (its time-index entry, app.core.heldstate.in_changelog;
+    the held index, app.state.inflight), and the offset of the last record under
     `offset_key`. Atomic: after a crash RocksDB holds all of it or none, and the
     restore starts again after the offset it holds. Index records of a changelog
     written before the time index was derived are skipped (derived instead).
@@ -184,7 +184,7 @@ class StateStore:
                     batch.delete(key)
                 else:
                     batch.put(key, value)
-                if key[:1] == STATE_PREFIX:  # the local held index (app.inflight), same batch
+                if key[:1] == STATE_PREFIX:  # the local held index (app.state.inflight), same batch
                     index_held(batch, key, value)
             offset = changelog_offsets.get(partition)
             if offset is not None:

@@ -1,11 +1,11 @@
-"""Prometheus metrics, served by prometheus_client at /metrics (app.web).
+"""Prometheus metrics, served by prometheus_client at /metrics (app.ops.web).
 
 Nothing here runs per record. The engine hands each commit that went through to
 `Metrics.committed` (its duration, its offsets, a copy of the counters as they
 stood when the commit was cut, and the Kafka timestamps of the terminal events
 whose records it published); everything else is read when Prometheus scrapes,
 by a custom collector: the committed counters, the held-execution census
-(app.inflight, cached) and the consumer lag (end offsets asked of the broker at
+(app.state.inflight, cached) and the consumer lag (end offsets asked of the broker at
 most once per scrape). prometheus_client's process, GC and platform collectors
 are in the same registry.
 
@@ -35,7 +35,7 @@ from prometheus_client.core import (
 )
 from prometheus_client.registry import Collector
 
-from . import merge
+from app.core import merge
 
 log = logging.getLogger(__name__)
 
@@ -97,7 +97,7 @@ def _le(bound: float) -> str:
 class Metrics(Collector):
     def __init__(self, engine, census) -> None:
         self.engine = engine
-        self.census = census  # app.inflight.InFlight
+        self.census = census  # app.state.inflight.InFlight
         self.registry = CollectorRegistry(auto_describe=False)
         # The process as the operating system sees it (process_resident_memory_bytes,
         # process_cpu_seconds_total, process_open_fds, ...), Python's garbage collector

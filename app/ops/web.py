@@ -1,10 +1,10 @@
 """The worker's HTTP endpoints, as Faust web views (docs/operating.md).
 
-- /metrics: Prometheus text format (prometheus_client, app.metrics)
+- /metrics: Prometheus text format (prometheus_client, app.ops.metrics)
 - /health: liveness, 200 while the event loop answers
 - /ready: readiness, 200 once partitions are assigned, their state recovered and the
   agent registry read; else 503 with the reasons
-- /executions/running: the in-flight executions this worker holds (app.inflight)
+- /executions/running: the in-flight executions this worker holds (app.state.inflight)
 - /executions/{execution_id}: one execution, answered by its partition's owner
   (Faust's table routing forwards the request there)
 - /agents: per agent, executions held here and the protocol version
@@ -18,7 +18,7 @@ from __future__ import annotations
 from faust.web import Request, Response, View
 from prometheus_client import CONTENT_TYPE_LATEST
 
-from .processor import partition_for
+from app.engine.processor import partition_for
 
 MAX_LIMIT = 1000
 

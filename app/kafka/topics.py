@@ -20,8 +20,8 @@ from dataclasses import dataclass
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 from aiokafka.errors import KafkaError, TopicAlreadyExistsError
 
-from . import access
-from .config import Settings
+from app.kafka import access
+from app.ops.config import Settings
 
 log = logging.getLogger(__name__)
 
@@ -113,8 +113,8 @@ def state_partition_count(raw: int, rekey: int | None, changelog: int | None) ->
 async def ensure_topics(settings: Settings, timeout: float = 60.0) -> Layout:
     """Create what is missing; return the partition counts the worker needs.
 
-    Connects as every client of the worker will (app.connection) and checks the
-    ACLs it needs (app.access), so that a refused connection or a missing
+    Connects as every client of the worker will (app.kafka.connection) and checks the
+    ACLs it needs (app.kafka.access), so that a refused connection or a missing
     permission is one line here, not a traceback once the worker runs.
     """
     connection = settings.connection

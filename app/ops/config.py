@@ -9,8 +9,8 @@ import socket
 from dataclasses import dataclass, fields
 from pathlib import Path
 
-from .connection import DEFAULT_BOOTSTRAP, Connection
-from .connection import OPTIONS as CONNECTION_OPTIONS
+from app.kafka.connection import DEFAULT_BOOTSTRAP, Connection
+from app.kafka.connection import OPTIONS as CONNECTION_OPTIONS
 
 # Every codec Kafka has (aiokafka reads and writes snappy, lz4 and zstd with cramjam).
 COMPRESSIONS = ("none", "gzip", "snappy", "lz4", "zstd")
