@@ -186,9 +186,8 @@ def create_app(settings: Settings, layout: Layout) -> faust.App:
         table_cleanup_interval=3600.0,
         # One standby replica per partition: a worker taking a partition over from a
         # dead one starts from its standby's RocksDB instead of the whole changelog.
-        # Chaos (seed 31, at_least_once) once found a standby past a changelog record
-        # it never applied: Faust emptied its changelog queue on resume
-        # (app.overrides.internals.keep_changelog_queue_on_resume keeps it).
+        # Faust empties its changelog queue on resume, which can put a standby past a
+        # changelog record it never applied (app.overrides keeps the queue).
         table_standby_replicas=1,
         # A killed worker's partitions move after the session timeout (10 s by
         # default, not Faust's 60 s); with an instance id, a worker restarted within
