@@ -26,7 +26,7 @@ Why:
   worker's table partitions to its new address (a stable
   CAMELEER_WEB_ADVERTISED_HOST and port make this never happen).
 
-Checked by tests/unit/test_upstream.py (`test_assignor_*`) and
+Checked by tests/unit/test_upstream.py (the rows and tests of `assignor`) and
 tests/unit/test_growing_topics.py (`colocate_raw`).
 """
 

@@ -24,7 +24,7 @@ The worker's changelog records no longer pass through this queue
 (app.overrides.changelog_restore); the guard stays for anything Faust itself
 still enqueues.
 
-Checked by tests/unit/test_upstream.py (`test_changelog_queue_*`) and
+Checked by tests/unit/test_upstream.py (the rows and tests of `changelog_queue`) and
 tests/unit/test_changelog_queue.py (the behaviour, on mode's own objects).
 """
 

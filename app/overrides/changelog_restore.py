@@ -21,7 +21,7 @@ local indexes the worker keeps beside the states (app.state.statestore.replay) a
 derived in the same batch; Faust's own replay would write the states without
 them.
 
-Checked by tests/unit/test_upstream.py (`test_changelog_restore_*`).
+Checked by tests/unit/test_upstream.py (the rows and tests of `changelog_restore`).
 """
 
 from __future__ import annotations

@@ -36,14 +36,14 @@ Why:
   open transaction, which the recovery would otherwise wait on until the
   transaction timeout.
 - Faust's recovery end offsets in a transaction come from a stale cache, then it
-  waits for a commit marker no consumer receives; a zombie's open transaction made
-  its consistency check crash a worker whose standby was past the stable offset.
-  They are asked of the broker (app.kafka.probes): up to the last committed
-  record, and a standby's up to the log's end.
+  waits for a commit marker no consumer receives; and a zombie's open transaction
+  makes its consistency check crash a worker whose standby is past the stable
+  offset. They are asked of the broker (app.kafka.probes): up to the last
+  committed record, and a standby's up to the log's end.
 - Faust warns when its stream has not taken a partition's records for a while;
   records no longer pass through a Faust stream.
 
-Checked by tests/unit/test_upstream.py (`test_consumer_*`).
+Checked by tests/unit/test_upstream.py (the rows and tests of `consumer`).
 """
 
 from __future__ import annotations

@@ -22,8 +22,8 @@ Why:
 - Faust builds the consumer with `fetch_max_wait_ms=1500`. aiokafka keeps one
   fetch in flight per broker, for the partitions whose buffer is empty: when those
   are the quiet re-key partitions, the broker holds that fetch for the full wait
-  while the busy raw partitions, drained meanwhile, cannot be fetched (the event
-  loop then waited for records 60% of the time). 20 ms keeps them fed.
+  while the busy raw partitions, drained meanwhile, cannot be fetched, and the
+  event loop waits for records most of the time. 20 ms keeps them fed.
 - at_least_once must not produce after the worker missed its session (it may have
   lost its partitions); aiokafka keeps the time of the last accepted heartbeat in a
   local variable of its heartbeat task, out of reach.
@@ -36,7 +36,7 @@ Why:
 - A restore reads changelog partitions alone: larger fetches (8 MB a partition,
   held RUNNINGs being about 800 bytes) make fewer, larger RocksDB write batches.
 
-Checked by tests/unit/test_upstream.py (`test_consumer_thread_*`).
+Checked by tests/unit/test_upstream.py (the rows and tests of `consumer_thread`).
 """
 
 from __future__ import annotations

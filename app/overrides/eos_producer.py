@@ -23,7 +23,7 @@ the transaction, so the abort that follows sends no EndTxn, the broker keeps the
 transaction open, and the next commit makes the zombie's records visible.
 `_fail_abortable` keeps them, so the abort aborts.
 
-Checked by tests/unit/test_upstream.py (`test_eos_producer_*`).
+Checked by tests/unit/test_upstream.py (the rows and tests of `eos_producer`).
 """
 
 from __future__ import annotations

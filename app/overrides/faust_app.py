@@ -20,7 +20,7 @@ recovery is complete, while recovery completes when the engine has the
 assignment, which waits for the registry (a v2 agent's records must not be read
 as v1). On stop the consumer stops first, and the engine commits then.
 
-Checked by tests/unit/test_upstream.py (`test_faust_app_*`).
+Checked by tests/unit/test_upstream.py (the rows and tests of `faust_app`).
 """
 
 from __future__ import annotations

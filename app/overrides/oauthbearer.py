@@ -16,7 +16,7 @@ half-open and the clients fail later with "node not ready". This one sends the
 with the broker's message) is raised where authentication happens, and a
 refused token is one clear error at start.
 
-Checked by tests/unit/test_upstream.py (`test_oauthbearer_*`) and
+Checked by tests/unit/test_upstream.py (the rows and tests of `oauthbearer`) and
 tests/integration/test_security.py (a refused token on a real broker).
 """
 

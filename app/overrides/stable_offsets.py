@@ -14,7 +14,7 @@ then reads and handles the transaction's records a second time. With
 `require_stable` the coordinator answers UNSTABLE_OFFSET_COMMIT until the
 transaction is complete, and this waits.
 
-Checked by tests/unit/test_upstream.py (`test_stable_offsets_*`).
+Checked by tests/unit/test_upstream.py (the rows and tests of `stable_offsets`).
 """
 
 from __future__ import annotations

@@ -16,7 +16,7 @@ back and go on handling records. With the instance id the coordinator answers
 FENCED_INSTANCE_ID, and the fenced worker exits at once, without committing
 (`fatal`).
 
-Checked by tests/unit/test_upstream.py (`test_static_heartbeat_*`).
+Checked by tests/unit/test_upstream.py (the rows and tests of `static_heartbeat`).
 """
 
 from __future__ import annotations

@@ -12,7 +12,7 @@ per partition, fenced by transactional id. The engine keeps one producer and one
 transaction per worker (one commit per interval instead of one per partition),
 fenced by the group generation (KIP-447, app.overrides.eos_producer).
 
-Checked by tests/unit/test_upstream.py (`test_transaction_manager_*`).
+Checked by tests/unit/test_upstream.py (the rows and tests of `transaction_manager`).
 """
 
 from __future__ import annotations
