@@ -12,6 +12,7 @@ import sys
 from app.ops.cli import COMMANDS
 from app.ops.config import Settings, apply_arguments
 from app.ops.logs import json_logging
+from app.overrides import versions
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -20,6 +21,10 @@ def main(argv: list[str] | None = None) -> None:
         from app.ops.cli import main as command
 
         sys.exit(command(argv))
+    try:  # before anything of Faust or aiokafka runs
+        versions.check()
+    except versions.UntestedVersion as exc:
+        sys.exit(f"cameleer-merger: {exc}")
     apply_arguments(argv, os.environ)
     try:
         settings = Settings.from_env()

@@ -1,10 +1,10 @@
 """The Faust application, wired: topics, the held-state table, the engine, timers, views.
 
 Thin glue. Records never pass through a Faust agent or stream: the consumer
-hands whole fetches to `app.engine.engine.Engine` (see app.overrides.internals for what of Faust
-is replaced, and why). Faust keeps the worker and its CLI, the web server, the
-timers, the changelog-backed table and its recovery, and group membership
-and assignment.
+hands whole fetches to `app.engine.engine.Engine` (app.overrides: what of Faust
+is replaced, and why; docs/upgrading.md). Faust keeps the worker and its CLI, the
+web server, the timers, the changelog-backed table and its recovery, and group
+membership and assignment.
 """
 
 from __future__ import annotations
@@ -29,7 +29,9 @@ from app.ops import web
 from app.ops.config import Settings
 from app.ops.logs import logging_config
 from app.ops.metrics import Metrics
-from app.overrides.internals import EosProducer, MergerApp, derive_on_recovery
+from app.overrides.changelog_restore import derive_on_recovery
+from app.overrides.eos_producer import EosProducer
+from app.overrides.faust_app import MergerApp
 from app.state.inflight import InFlight
 from app.state.statestore import StateStore
 
@@ -187,9 +189,9 @@ def create_app(settings: Settings, layout: Layout) -> faust.App:
         table_cleanup_interval=3600.0,
         # One standby replica per partition: a worker taking a partition over from a
         # dead one starts from its standby's RocksDB instead of the whole changelog.
-        # Chaos (seed 31, at_least_once) once found a standby past a changelog record
-        # it never applied: Faust emptied its changelog queue on resume
-        # (app.overrides.internals.keep_changelog_queue_on_resume keeps it).
+        # Faust empties its changelog queue whenever the flow resumes, which leaves
+        # a standby past changelog records it never applied
+        # (app.overrides.changelog_queue keeps the queue).
         table_standby_replicas=1,
         # A killed worker's partitions move after the session timeout (10 s by
         # default, not Faust's 60 s); with an instance id, a worker restarted within

@@ -109,7 +109,7 @@ async def compression(
     rounds: int = 3,
 ) -> dict:
     """Each codec `rounds` times, interleaved, after one unmeasured warm-up round; the
-    median CPU of each codec is kept (the other helpers' load comes and goes)."""
+    median CPU of each codec is kept (other jobs' load on the machine comes and goes)."""
     records = workload_records(seed, executions)
     raw_bytes = sum(len(v) + len(k or b"") for _, k, v, _ in records)
     say(

@@ -14,7 +14,7 @@ from simulator import Kind
 
 from .common import PARTITIONS, Progress, Topics, say
 
-# The mix the issue asks for: 10% v2 and 1% stuck; the other kinds (duplicates, late and
+# The workload's mix: 10% v2 and 1% stuck; the other kinds (duplicates, late and
 # repeated RUNNINGs, unkeyed and malformed records) keep the simulator's defaults, as in
 # the chaos run.
 WORKLOAD = {"v2_share": 0.10, "stuck_share": 0.01}

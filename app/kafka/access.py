@@ -202,12 +202,17 @@ def _allows(operations: int, operation: str) -> bool:
     return operations == UNKNOWN_OPERATIONS or bool(operations & (1 << OPERATIONS[operation]))
 
 
+async def _send(admin: AIOKafkaAdminClient, request, node_id: int | None = None):
+    """A request the admin client has no method for (the authorized operations)."""
+    return await admin._send_request(request, node_id)  # noqa: SLF001 aiokafka's admin client offers no public send
+
+
 async def describe_topics(
     admin: AIOKafkaAdminClient, names: list[str]
 ) -> tuple[dict[str, TopicInfo], int]:
     """Each topic's partition count, replication and authorized operations; and how many
     brokers there are."""
-    response = await admin._send_request(_TopicsWithOperations(names))
+    response = await _send(admin, _TopicsWithOperations(names))
     infos = {
         name: TopicInfo(
             name, code, len(partitions or ()), ops, min((len(p[4]) for p in partitions), default=0)
@@ -284,7 +289,7 @@ async def check_group(admin: AIOKafkaAdminClient, principal: str, grant: Grant) 
         node = await _find_coordinator(admin, grant.name, 0)
     except GroupAuthorizationFailedError:
         raise grant.denied(principal, "Read", grant.name) from None
-    response = await admin._send_request(_GroupWithOperations(grant.name), node)
+    response = await _send(admin, _GroupWithOperations(grant.name), node)
     for group in response.to_object()["groups"]:
         allowed = _allows(group["authorized_operations"], "Read")
         if group["error_code"] == GROUP_AUTHORIZATION_FAILED or not allowed:
@@ -299,7 +304,7 @@ async def check_transactional_id(
         node = await _find_coordinator(admin, probe, 1)
     except TransactionalIdAuthorizationFailed:
         raise grant.denied(principal, "Write", probe) from None
-    response = await admin._send_request(AddOffsetsToTxnRequest(probe, -1, -1, group.name), node)
+    response = await _send(admin, AddOffsetsToTxnRequest(probe, -1, -1, group.name), node)
     if response.error_code == TRANSACTIONAL_ID_AUTHORIZATION_FAILED:
         raise grant.denied(principal, "Write", probe)
     if response.error_code == GROUP_AUTHORIZATION_FAILED:

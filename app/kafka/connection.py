@@ -24,7 +24,6 @@ from functools import cached_property
 from pathlib import Path
 from typing import Any
 
-import aiokafka.conn
 import orjson
 from aiokafka.abc import AbstractTokenProvider
 from aiokafka.conn import collect_hosts, create_conn
@@ -35,6 +34,8 @@ from aiokafka.errors import (
     UnsupportedSaslMechanismError,
 )
 from aiokafka.helpers import create_ssl_context
+
+from app.overrides import oauthbearer
 
 DEFAULT_BOOTSTRAP = "localhost:9092"
 PROTOCOLS = ("PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL")
@@ -114,29 +115,8 @@ def _file(name: str, value: str | None) -> str | None:
     return value
 
 
-class _OAuthAuthenticator(aiokafka.conn.OAuthAuthenticator):
-    """aiokafka's OAUTHBEARER exchange, with the broker's refusal read.
-
-    A broker that refuses a token answers the client's first message with an error
-    challenge (RFC 7628 3.2.2: `{"status": "invalid_token"}`) and waits for the
-    client's single %x01 before it fails the authentication with its reason.
-    aiokafka (0.12 to 0.14) takes any answer for success: the connection then hangs
-    half-open and the clients fail later with "node not ready". This sends the %x01,
-    so the broker's SaslAuthenticate error (SaslAuthenticationFailedError, with the
-    broker's message) is raised where authentication happens.
-    """
-
-    _error_acknowledged = False
-
-    async def step(self, payload):
-        if self._token_sent and payload and not self._error_acknowledged:
-            self._error_acknowledged = True
-            return b"\x01", True
-        return await super().step(payload)
-
-
-# AIOKafkaConnection.authenticator_oauth builds the module's OAuthAuthenticator.
-aiokafka.conn.OAuthAuthenticator = _OAuthAuthenticator
+# A refused OAUTHBEARER token fails the login with the broker's reason, at once.
+oauthbearer.install()
 
 
 class FileTokenProvider(AbstractTokenProvider):

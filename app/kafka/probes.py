@@ -79,8 +79,8 @@ async def ends_without_open_transactions(
     zombie. While it is open, the last stable offset stops at its first record, and
     records committed after it (by the owner in between) are not yet readable with
     read_committed: a recovery that stopped there would miss them and resume the
-    source partitions from offsets that already include them (a chaos run with a
-    SIGSTOPped worker caught it: stale RUNNINGs after their terminal records).
+    source partitions from offsets that already include them, and a stale flush
+    there could put a RUNNING after its terminal record.
     """
     atps = [TopicPartition(tp.topic, tp.partition) for tp in tps]
     if not atps:

@@ -269,7 +269,7 @@ async def tail(args: argparse.Namespace, settings: Settings) -> int:
     try:
         partitions = consumer.partitions_for_topic(settings.output_topic)
         if not partitions:
-            await consumer._client.force_metadata_update()  # a topic created a moment ago
+            await consumer._client.force_metadata_update()  # noqa: SLF001 no public metadata refresh; a topic created a moment ago
             partitions = consumer.partitions_for_topic(settings.output_topic) or set()
         if not partitions:
             raise RuntimeError(f"topic {settings.output_topic} not found")

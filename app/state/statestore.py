@@ -120,7 +120,7 @@ class StateStore:
         self.table = table
 
     def _db(self, partition: int):
-        return self.table.data._db_for_partition(partition)
+        return self.table.data._db_for_partition(partition)  # noqa: SLF001 Faust's store offers no public read of a partition's RocksDB
 
     def get(self, partition: int, key: bytes) -> bytes | None:
         for layer in (self._open, self._sealed):

@@ -10,7 +10,8 @@ import pytest
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 
 from app.kafka.kip447 import GroupMetadata
-from app.overrides.internals import EosProducer, ZombieFenced, fetch_stable_offsets
+from app.overrides.eos_producer import EosProducer, ZombieFenced
+from app.overrides.stable_offsets import fetch_stable_offsets
 
 from .harness import consume_until, create_topic
 

@@ -1,10 +1,11 @@
 """A standby's end offset is the log's end when a zombie's transaction holds the last
-stable offset back (app.kafka.probes.standby_ends, used by app.overrides.internals' highwaters).
+stable offset back (app.kafka.probes.standby_ends, used by the highwaters of
+app.overrides.consumer).
 
-Chaos caught it: a worker that owned a changelog partition a moment ago had
-committed records there after a zombie's transaction opened; as a standby of
-that partition, its persisted offset was past the last stable offset, and Faust's
-consistency check crashed it.
+Without it: a worker that owned a changelog partition a moment ago has committed
+records there after a zombie's transaction opened; as a standby of that
+partition, its persisted offset is past the last stable offset, and Faust's
+consistency check crashes it.
 """
 
 from __future__ import annotations

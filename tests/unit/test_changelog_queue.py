@@ -1,9 +1,10 @@
-"""Faust's changelog queue keeps what it holds when the flow resumes (app.overrides.internals).
+"""Faust's changelog queue keeps what it holds when the flow resumes
+(app.overrides.changelog_queue).
 
 Faust empties the queue at every `flow_control.resume()`. After a recovery has
 sought and resumed the standby partitions, it resumes the flow once more: the
 standby records queued in between were past the consumer's position, nothing
-read them again, and the standby's RocksDB went on past the gap (chaos, seed 31).
+read them again, and the standby's RocksDB would go on past the gap.
 """
 
 from __future__ import annotations
@@ -13,7 +14,7 @@ from types import SimpleNamespace
 
 from mode.utils.queues import FlowControlEvent, ThrowableQueue
 
-from app.overrides.internals import keep_changelog_queue_on_resume
+from app.overrides.changelog_queue import keep_changelog_queue_on_resume
 
 
 def faust_like_app() -> SimpleNamespace:

@@ -21,7 +21,7 @@ from app.engine.engine import Engine
 from app.engine.processor import Destinations, Processor, now_ms, partition_for
 from app.kafka.kip447 import GroupMetadata
 from app.kafka.topics import state_partition_count
-from app.overrides.internals import colocate_raw
+from app.overrides.assignor import colocate_raw
 from app.state.statestore import StateStore
 
 STATE = 3  # the held state's partitions (re-key and changelog topics)

@@ -689,7 +689,7 @@ def test_null_field_of_a_running_event_is_kept():
         "execution_id": "k",
         "status": "COMPLETED",
         "route_id": "r",
-        "parent": None,  # merge.py used to leave this field out
+        "parent": None,  # always present: null for a root execution
         "duration_ms": 5,
     }
 
