@@ -80,6 +80,8 @@ class Cut:
 
 
 class Checkpoint:
+    """The worker's commits, one at a time, in the steps above."""
+
     def __init__(
         self,
         producer,

@@ -1,6 +1,6 @@
 """What the engine needs of the world around it, and how it stops when it cannot go on.
 
-`GroupPort` is the consumer group (app.overrides' consumer implements it),
+`GroupPort` is the consumer group (app.overrides.consumer implements it),
 `CommitWatch` is told of each commit (app.ops.metrics), `fatal` ends the process.
 """
 
@@ -51,7 +51,7 @@ class CommitWatch(Protocol):
 
 
 class GroupPort(Protocol):
-    """What the engine needs of the group's consumer (app.overrides' MergerConsumer)."""
+    """What the engine needs of the group's consumer (app.overrides.consumer.MergerConsumer)."""
 
     async def commit_offsets(self, offsets: dict) -> bool: ...
 

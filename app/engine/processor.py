@@ -100,7 +100,7 @@ class Processor:
 
         `partition`: the state partition they are handled in, the re-key partition's
         own, or for raw partition p, p modulo the state's count (the assignment gives
-        raw p to the owner of that state partition: app.overrides' MergerAssignor)."""
+        raw p to the owner of that state partition: app.overrides.assignor)."""
         if not records:
             return
         rekeyed = records[0].topic == self.to.rekey_topic  # one partition: one topic
