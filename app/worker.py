@@ -19,6 +19,7 @@ from aiokafka import AIOKafkaProducer
 from faust.web import Request, Response, View
 
 from app.core.merge import Rules
+from app.engine.checkpoint import Reason
 from app.engine.engine import Engine
 from app.engine.processor import Destinations, Processor
 from app.kafka import probes
@@ -223,11 +224,13 @@ def create_app(settings: Settings, layout: Layout) -> faust.App:
     app.registry = registry
     app.connection = settings.connection  # for the probes in app.kafka.probes
 
-    # A read_committed reader sees a record when its transaction commits: the
-    # commit interval bounds the latency from below.
+    # The commit timer's tick; the engine decides what the commit covers, as it does
+    # for a revocation and the stop (app.engine.engine, `_commit`). A read_committed
+    # reader sees a record when its transaction commits: the commit interval bounds
+    # the latency from below.
     @app.timer(interval=settings.commit_interval)
     async def commit() -> None:
-        await engine.commit()
+        await engine.commit(Reason.INTERVAL)
 
     @app.timer(interval=settings.sweep_interval)
     async def sweep() -> None:

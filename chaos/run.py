@@ -77,7 +77,7 @@ class Tally:
     broker_restarts: int = 0
     broker_kills: int = 0  # cluster: a broker SIGKILLed mid-stream, then restarted
     crashes_restarted: int = 0
-    # the engine's safety nets (app/engine/engine.py, "safety net" log lines): each should stay 0
+    # the engine's safety nets (app/engine/positions.py, "safety net" log lines): each should stay 0
     pauses: int = 0
     fenced: int = 0  # workers that stopped because they were fenced (from the logs)
     safety_redelivered: int = 0  # a batch began before the next offset due: dropped part

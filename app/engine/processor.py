@@ -87,15 +87,20 @@ class Processor:
         self.counts = counts
         self.retention = merge.RetentionReport()  # what left the state, logged
         # Kafka timestamps of the terminal events (v1 or v2) whose records were emitted
-        # since the engine last took them (per commit: app.ops.metrics' end-to-end latency)
+        # since a commit last took them (`take_published`: app.ops.metrics' end-to-end latency)
         self.published_ms: list[int] = []
+
+    def take_published(self) -> list[int]:
+        """The Kafka timestamps gathered since the last call (a commit takes them)."""
+        published, self.published_ms = self.published_ms, []
+        return published
 
     def handle(self, partition: int, records: Sequence, outbox) -> None:
         """Records of one source partition (raw or re-key), in offset order.
 
         `partition`: the state partition they are handled in, the re-key partition's
         own, or for raw partition p, p modulo the state's count (the assignment gives
-        raw p to the owner of that state partition, app.overrides.internals.MergerAssignor)."""
+        raw p to the owner of that state partition: app.overrides.assignor)."""
         if not records:
             return
         rekeyed = records[0].topic == self.to.rekey_topic  # one partition: one topic

@@ -19,6 +19,7 @@ from app.core import merge
 from app.core.heldstate import state_key
 from app.engine.engine import Engine
 from app.engine.processor import Destinations, Processor, now_ms, partition_for
+from app.kafka.kip447 import GroupMetadata
 from app.kafka.topics import state_partition_count
 from app.overrides.assignor import colocate_raw
 from app.state.statestore import StateStore
@@ -241,15 +242,15 @@ def progress(raw_count: int) -> tuple[Engine, Port, int]:
     e = engine()
     port = Port(raw_count)
     e.attach(port)
-    e._positions = {TopicPartition(REKEY, 0): 10}
-    e._consumed = {TopicPartition(REKEY, 0): 10}  # this worker has read its re-key partition
-    return e, port, asyncio.run(e._rekey_progress())
+    e.positions.assign({TopicPartition(REKEY, 0): 10}, GroupMetadata("merger", 1, "m-1"))
+    e.sweeper.consumed({TopicPartition(REKEY, 0): 10})  # this worker has read its re-key partition
+    return e, port, asyncio.run(e.sweeper.rekey_progress())
 
 
 def test_the_rekey_progress_follows_the_raw_topic_s_partitions_as_it_grows():
     e, port, safe = progress(raw_count=3)
     assert port.asked == [[0, 1, 2]] and safe > 0  # every raw record handled: let go
     e, port, safe = progress(raw_count=4)
-    assert port.asked == [[0, 1, 2, 3]] and e.raw_partitions == 4
+    assert port.asked == [[0, 1, 2, 3]] and e.sweeper.raw_partitions == 4
     # raw partition 3 is not handled yet: a waiting terminal's RUNNING may be there
     assert safe == -1
