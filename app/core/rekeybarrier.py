@@ -14,9 +14,12 @@ before it has seen every RUNNING that could come.
 No clocks are compared across machines: `since` and the snapshots' times are
 this worker's wall clock, and "before" is decided by offsets.
 
-`RekeyBarrier.observe` is the pure step; `Engine` does the reads (raw end
-offsets, then the group's stable committed offsets, then the re-key end
-offsets, in that order) once a second while terminals are pending.
+`RekeyBarrier.observe` is the pure step; app.engine.sweeper's `Sweeper` does
+the reads (raw end offsets, then the group's stable committed offsets, then the
+re-key partitions' high watermarks, in that order) once a second while
+terminals are pending. The re-key ends are the log's end, not the last stable
+offset: a transaction open there holds the latter below re-key records
+committed after it.
 """
 
 from __future__ import annotations
@@ -55,7 +58,7 @@ class RekeyBarrier:
 
         raw_ends: raw partition -> end offset, read first; committed: raw partition ->
         the group's committed offset, read after; rekey_ends: re-key TopicPartition
-        -> end offset, read last; positions: re-key TopicPartition -> next offset
+        -> high watermark, read last; positions: re-key TopicPartition -> next offset
         this worker handles.
         """
         self._snapshots.append(_Snapshot(now_ms, dict(raw_ends)))

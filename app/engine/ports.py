@@ -59,6 +59,9 @@ class GroupPort(Protocol):
 
     async def stable_offsets(self, tps: Iterable) -> dict: ...
 
+    async def high_watermarks(self, tps: Iterable) -> dict:
+        """The offset after each partition's last record, whatever its transaction."""
+
     async def partition_count(self, topic: str) -> int:
         """The topic's partition count now (fresh metadata)."""
 

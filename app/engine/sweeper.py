@@ -105,6 +105,13 @@ class Sweeper:
         The raw topic's partition count is read afresh each round: a RUNNING may wait
         on a partition added since, which no worker owns yet (its committed offset,
         none, holds the barrier back until an owner has handled it).
+
+        The re-key ends are the high watermarks, not the last stable offsets: another
+        worker's transaction left open on a re-key partition (killed mid-commit, until
+        its restart or the transaction timeout ends it) holds the last stable offset at
+        its first record, below re-key records committed since with the raw offsets
+        just read. Read up to there only, the re-key topic would pass for complete
+        while a RUNNING committed behind that transaction is not readable yet.
         """
         raw_topic = self.positions.raw_topic
         ours = [tp for tp in self.positions.assigned if tp.topic == self.positions.rekey_topic]
@@ -117,7 +124,7 @@ class Sweeper:
             raw = [TopicPartition(raw_topic, p) for p in range(self.raw_partitions)]
             raw_ends = await self.port.end_offsets(raw)
             committed = await self.port.stable_offsets(raw)
-            rekey_ends = await self.port.end_offsets(ours)
+            rekey_ends = await self.port.high_watermarks(ours)
         except Exception as exc:  # a later round tries again; the grace bounds the wait
             log.warning("re-key progress not read: %r", exc)
             return self._barrier.safe_ms

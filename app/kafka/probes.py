@@ -32,10 +32,20 @@ async def stop_quietly(consumer: AIOKafkaConsumer) -> None:
             raise  # a real cancellation of ours: pass it on
 
 
+# A new consumer knows no topic yet: its first request on one fails for want of
+# metadata, and aiokafka sleeps this long before it asks again (100 ms by default, paid
+# by each probe of a recovery, on the way to a restarted worker's first record). Also
+# the pause between its retries while a broker is down: short, but no busy loop.
+PROBE_RETRY_BACKOFF_MS = 20
+
+
 @asynccontextmanager
 async def reader(connection: Connection, isolation_level: str) -> AsyncIterator[AIOKafkaConsumer]:
     consumer = AIOKafkaConsumer(
-        **connection.aiokafka_kwargs(), isolation_level=isolation_level, enable_auto_commit=False
+        **connection.aiokafka_kwargs(),
+        isolation_level=isolation_level,
+        enable_auto_commit=False,
+        retry_backoff_ms=PROBE_RETRY_BACKOFF_MS,
     )
     try:
         await consumer.start()

@@ -64,9 +64,12 @@ class AgentRegistry:
         await consumer.start()
         self._consumer = consumer
         tps = [TopicPartition(self.topic, p) for p in range(self.partitions)]
+        # the end offsets first: once the partitions are assigned, a fetch waits at the
+        # broker for records (up to fetch_max_wait_ms, 500 ms, on a quiet topic), and
+        # the broker answers a connection's requests in order
+        ends = await consumer.end_offsets(tps)
         consumer.assign(tps)
         await consumer.seek_to_beginning(*tps)
-        ends = await consumer.end_offsets(tps)
         loop = asyncio.get_running_loop()
         deadline = loop.time() + catch_up_timeout
         while await self._behind(consumer, ends):

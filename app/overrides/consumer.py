@@ -87,6 +87,9 @@ class MergerConsumer(Consumer):
     async def stable_offsets(self, tps) -> dict:
         return await self._thread.call_thread(self._thread.stable_offsets, list(tps))
 
+    async def high_watermarks(self, tps) -> dict:
+        return await self._thread.call_thread(self._thread.high_watermarks, list(tps))
+
     async def partition_count(self, topic: str) -> int:
         return await self._thread.call_thread(self._thread.partition_count, topic)
 

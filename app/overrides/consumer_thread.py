@@ -15,8 +15,9 @@ Upstream (faust-streaming 0.15.3, faust/transport/drivers/aiokafka.py,
 - New methods run on this thread for the consumer (app.overrides.consumer): the
   seek to the stable committed offsets, a fetch with its seek epochs and the
   re-key positions (`AIOKafkaConsumer._subscription`), end offsets, stable
-  offsets, a topic's partition count after a metadata refresh
-  (`AIOKafkaConsumer._client`), and a rejoin (`GroupCoordinator.request_rejoin`).
+  offsets, high watermarks (app.overrides.high_watermarks), a topic's partition
+  count after a metadata refresh (`AIOKafkaConsumer._client`), and a rejoin
+  (`GroupCoordinator.request_rejoin`).
 
 Why:
 - Faust builds the consumer with `fetch_max_wait_ms=1500`. aiokafka keeps one
@@ -49,6 +50,7 @@ from aiokafka import TopicPartition
 from faust.transport.drivers.aiokafka import AIOKafkaConsumerThread
 
 from app.kafka.kip447 import GroupMetadata
+from app.overrides.high_watermarks import high_watermarks
 from app.overrides.stable_offsets import fetch_stable_offsets
 from app.overrides.static_heartbeat import static_heartbeat
 
@@ -174,6 +176,12 @@ class MergerConsumerThread(AIOKafkaConsumerThread):
     async def stable_offsets(self, tps) -> dict:
         """The group's committed offsets of any partitions, once stable."""
         return await fetch_stable_offsets(
+            self._ensure_consumer(), [TopicPartition(tp.topic, tp.partition) for tp in tps]
+        )
+
+    async def high_watermarks(self, tps) -> dict:
+        """The offset after each partition's last record, whatever its transaction."""
+        return await high_watermarks(
             self._ensure_consumer(), [TopicPartition(tp.topic, tp.partition) for tp in tps]
         )
 

@@ -9,8 +9,9 @@ Upstream (faust-streaming 0.15.3):
   and the connection besides.
 - `faust.App` (faust/app/base.py): `_new_transport()` is replaced (Faust picks the
   transport class by the broker URL's scheme); the `PartitionAssignor` setting
-  names app.overrides.assignor's `MergerAssignor`; `on_start()` and `on_stop()`
-  are extended.
+  names app.overrides.assignor's `MergerAssignor`, the `TableManager` setting
+  app.overrides.table_manager's `MergerTableManager`; `on_start()` and
+  `on_stop()` are extended.
 
 Why: Faust offers no setting for the consumer or the transaction manager class;
 they come from the transport, and the transport from `_new_transport`. On start
@@ -33,6 +34,7 @@ from app.kafka.connection import Connection
 from app.overrides.assignor import MergerAssignor
 from app.overrides.changelog_queue import keep_changelog_queue_on_resume
 from app.overrides.consumer import MergerConsumer
+from app.overrides.table_manager import MergerTableManager
 from app.overrides.transaction_manager import MergerTransactionManager
 
 
@@ -57,15 +59,18 @@ class MergerTransport(Transport):
 
 
 class MergerApp(faust.App):
-    """faust.App with the batch engine's transport."""
+    """faust.App with the batch engine's transport, assignor and table manager."""
 
     def __init__(self, *args, engine: Engine, registry, connection: Connection, **kwargs) -> None:
         self.engine = engine  # also read by MergerAssignor
         self.registry = registry
         self.connection = connection
         # raw partitions follow their state partitions; a static member's assignment
-        # made for its previous address is taken (MergerAssignor)
-        super().__init__(*args, PartitionAssignor=MergerAssignor, **kwargs)
+        # made for its previous address is taken (MergerAssignor); no fixed second
+        # before the group join (MergerTableManager)
+        super().__init__(
+            *args, PartitionAssignor=MergerAssignor, TableManager=MergerTableManager, **kwargs
+        )
 
     async def on_start(self) -> None:
         await super().on_start()

@@ -39,6 +39,9 @@ class Port:
     async def stable_offsets(self, tps) -> dict:
         return {tp: 0 for tp in tps}
 
+    async def high_watermarks(self, tps) -> dict:
+        return {tp: 0 for tp in tps}
+
     async def partition_count(self, topic: str) -> int:
         return 1
 

@@ -237,6 +237,9 @@ class Port:
         # the new partition 3 has no owner yet: nothing committed there
         return {tp: (10 if tp.partition < 3 else None) for tp in tps}
 
+    async def high_watermarks(self, tps) -> dict:
+        return {tp: 10 for tp in tps}
+
 
 def progress(raw_count: int) -> tuple[Engine, Port, int]:
     e = engine()
@@ -254,3 +257,24 @@ def test_the_rekey_progress_follows_the_raw_topic_s_partitions_as_it_grows():
     assert port.asked == [[0, 1, 2, 3]] and e.sweeper.raw_partitions == 4
     # raw partition 3 is not handled yet: a waiting terminal's RUNNING may be there
     assert safe == -1
+
+
+class OpenTransactionPort(Port):
+    """Re-key partition 0 holds another producer's open transaction at 10: its last stable
+    offset stays there, while records committed after it reach 14."""
+
+    async def end_offsets(self, tps) -> dict:
+        return {tp: 10 for tp in tps}
+
+    async def high_watermarks(self, tps) -> dict:
+        return {tp: 14 for tp in tps}
+
+
+def test_the_rekey_progress_reads_the_rekey_topic_to_its_high_watermark():
+    e = engine()
+    e.attach(OpenTransactionPort(raw_count=3))
+    e.positions.assign({TopicPartition(REKEY, 0): 10}, GroupMetadata("merger", 1, "m-1"))
+    e.sweeper.consumed({TopicPartition(REKEY, 0): 10})  # read up to the open transaction
+    assert asyncio.run(e.sweeper.rekey_progress()) == -1  # a RUNNING may be behind it
+    e.sweeper.consumed({TopicPartition(REKEY, 0): 14})  # the transaction ended; read past it
+    assert asyncio.run(e.sweeper.rekey_progress()) > 0

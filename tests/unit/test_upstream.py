@@ -30,7 +30,8 @@ import pytest
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 from aiokafka.admin import AIOKafkaAdminClient
 from aiokafka.client import AIOKafkaClient
-from aiokafka.consumer.fetcher import Fetcher
+from aiokafka.cluster import ClusterMetadata
+from aiokafka.consumer.fetcher import READ_UNCOMMITTED, Fetcher, OffsetResetStrategy
 from aiokafka.consumer.group_coordinator import GroupCoordinator
 from aiokafka.producer.sender import BaseHandler, Sender, TxnOffsetCommitHandler
 from aiokafka.producer.transaction_manager import (
@@ -39,6 +40,7 @@ from aiokafka.producer.transaction_manager import (
     TransactionState,
 )
 from aiokafka.protocol.group import HeartbeatRequest
+from aiokafka.protocol.offset import OffsetRequest
 from aiokafka.structs import OffsetAndMetadata
 from faust.assignor.client_assignment import ClientAssignment
 from faust.assignor.partition_assignor import PartitionAssignor
@@ -48,6 +50,7 @@ from faust.tables.manager import TableManager
 from faust.tables.recovery import Recovery
 from faust.transport import base as transport_base
 from faust.transport import consumer as faust_consumer
+from faust.transport.conductor import Conductor
 from faust.transport.drivers import aiokafka as faust_aiokafka
 from mode.utils.queues import FlowControlEvent
 
@@ -60,9 +63,11 @@ from app.overrides import (
     consumer_thread,
     eos_producer,
     faust_app,
+    high_watermarks,
     oauthbearer,
     stable_offsets,
     static_heartbeat,
+    table_manager,
     transaction_manager,
 )
 
@@ -133,6 +138,10 @@ SHAPES = [
     (GroupCoordinator._send_req, "self, request", stable_offsets),
     (GroupCoordinator.ensure_coordinator_known, "self", stable_offsets),
     (GroupCoordinator.coordinator_dead, "self", stable_offsets),
+    (OffsetRequest.__init__, "self, replica_id, isolation_level, topics", high_watermarks),
+    (AIOKafkaClient.send, "self, node_id, request, *, group=<ConnectionGroup.DEFAULT: 0>",
+     high_watermarks),
+    (ClusterMetadata.leader_for_partition, "self, partition", high_watermarks),
     (GroupCoordinator._do_heartbeat, "self", static_heartbeat),
     (GroupCoordinator.request_rejoin, "self", static_heartbeat),
     (GroupCoordinator.reset_generation, "self", static_heartbeat),
@@ -164,6 +173,8 @@ SHAPES = [
     (Store.persisted_offset, "self, tp", changelog_restore),
     (Store.apply_changelog_batch, "self, batch, to_key, to_value", changelog_restore),
     (FlowControlEvent.is_active, "self", changelog_queue),
+    (TableManager.on_start, "self", table_manager),
+    (TableManager._update_channels, "self", table_manager),
     (PartitionAssignor._global_table_standby_assignments,
      "self, assignments, partitions_by_topic", assignor),
     (PartitionAssignor.on_assignment, "self, assignment", assignor),
@@ -214,6 +225,14 @@ LINES = [
     (Sender._do_txn_commit, ["if txn_manager.is_empty_transaction():"], eos_producer),
     # the group coordinator lives on the consumer once started, with what is read of it
     (AIOKafkaConsumer.start, ["self._coordinator = GroupCoordinator("], stable_offsets),
+    # the consumer's own end offsets follow its isolation level: built and sent as here
+    (Fetcher.__init__, ['elif isolation_level == "read_committed":',
+                        "self._isolation_level = READ_COMMITTED"], high_watermarks),
+    (Fetcher._proc_offset_request,
+     ["OffsetRequest(-1, self._isolation_level, list(topic_data.items()))",
+      "await self._client.send(node_id, request)", "timestamp, offset = partition_info"],
+     high_watermarks),
+    (AIOKafkaConsumer.__init__, ["self._client = AIOKafkaClient("], high_watermarks),
     (GroupCoordinator.__init__,
      ["self.group_id = group_id", "self.generation = ", "self.member_id = ",
       "self._group_instance_id = group_instance_id"], static_heartbeat),
@@ -247,6 +266,11 @@ LINES = [
      ["self.data.apply_changelog_batch(", "to_key=self._to_key", "to_value=self._to_value"],
      changelog_restore),
     (TableManager.changelog_queue.fget, ["clear_on_resume=True"], changelog_queue),
+    # the consumer subscribes (joins the group) once the tables are final
+    (TableManager._update_channels, ["self._tables_registered.set()"], table_manager),
+    (Conductor._subscriber.fun,
+     ["await self.app.tables.wait_until_tables_registered()",
+      "await self.app.consumer.subscribe("], table_manager),
     (FlowControlEvent.clear, ["queue.clear()"], changelog_queue),
     (PartitionAssignor._perform_assignment, ["self._global_table_standby_assignments("],
      assignor),
@@ -294,6 +318,8 @@ BODIES = [
      changelog_restore),
     (PartitionAssignor.on_assignment, "63482c10174f442e", "extends it", assignor),
     (FAUST_TM.on_rebalance, "ec6abaaacd36e331", "replaces it", transaction_manager),
+    (TableManager.on_start, "b82e759be50ccebe", "replaces it, without its 1 s sleep",
+     table_manager),
     # mode-streaming 0.7.1
     (FlowControlEvent.resume, "da6fc70c770ea01b", "keeps the queue from the clear() it calls",
      changelog_queue),
@@ -342,6 +368,7 @@ def test_faust_app_builds_the_merger_transport_consumer_thread_and_transactions(
     built = {
         "App._new_transport": (app.transport, faust_app.MergerTransport),
         "the PartitionAssignor setting": (app.assignor, assignor.MergerAssignor),
+        "the TableManager setting": (app.tables, table_manager.MergerTableManager),
         "Transport.create_consumer": (app.consumer, consumer.MergerConsumer),
         "Consumer._new_consumer_thread": (
             app.consumer._thread,
@@ -514,6 +541,32 @@ def test_assignor_places_raw_partitions_in_faust_client_assignments():
 
 def test_transaction_manager_send_stays_a_coroutine():
     assert inspect.iscoroutinefunction(FAUST_TM.send)
+
+
+# ---- high_watermarks ------------------------------------------------------------------
+
+
+def test_high_watermarks_asks_for_the_latest_offsets_uncommitted_in_the_layout_it_reads():
+    request = OffsetRequest(-1, READ_UNCOMMITTED, [("t", [(0, OffsetResetStrategy.LATEST)])])
+    # the newest version aiokafka builds, whatever the broker offers beyond it
+    built = request.prepare({OffsetRequest.API_KEY: (0, 10)})
+    assert (built.API_VERSION, built.isolation_level) == (3, 0), (
+        f"OffsetRequest v{built.API_VERSION} now: re-check {where(high_watermarks)}"
+    )
+    assert OffsetResetStrategy.LATEST == -1
+    answer = built.RESPONSE_TYPE(0, [("t", [(0, 0, -1, 42)])])
+    [(topic, partitions)] = built.RESPONSE_TYPE.decode(answer.encode()).topics
+    [(partition, error_code, _timestamp, offset)] = partitions
+    assert (topic, partition, error_code, offset) == ("t", 0, 0, 42)
+
+
+# ---- table_manager ---------------------------------------------------------------------
+
+
+def test_table_manager_starts_what_faust_starts(merger_app):
+    tables = merger_app.tables
+    assert callable(tables.recovery.start), f"re-check {where(table_manager)}"
+    assert tables.should_stop is False
 
 
 # ---- oauthbearer -----------------------------------------------------------------------
