@@ -12,11 +12,13 @@ import sys
 from app.ops.cli import COMMANDS
 from app.ops.config import Settings, apply_arguments
 from app.ops.logs import json_logging
-from app.overrides import versions
+from app.overrides import oauthbearer, versions
 
 
 def main(argv: list[str] | None = None) -> None:
     argv = argv if argv is not None else sys.argv[1:]
+    # a refused OAUTHBEARER token fails the login at once, with the broker's reason
+    oauthbearer.install()
     if argv and argv[0] in COMMANDS:  # simulate, tail, running (app.ops.cli)
         from app.ops.cli import main as command
 
@@ -34,7 +36,7 @@ def main(argv: list[str] | None = None) -> None:
         json_logging(settings.log_level)
     from aiokafka.errors import KafkaError
 
-    from app.kafka.topics import ensure_topics
+    from app.ops.topics import ensure_topics
     from app.worker import create_app
 
     try:

@@ -24,11 +24,11 @@ from app.engine.engine import Engine
 from app.engine.processor import Destinations, Processor
 from app.kafka import probes
 from app.kafka.registry import AgentRegistry
-from app.kafka.topics import Layout, rekey_topic_name
 from app.ops import web
 from app.ops.config import Settings
 from app.ops.logs import logging_config
 from app.ops.metrics import Metrics
+from app.ops.topics import Layout, rekey_topic_name
 from app.overrides.changelog_restore import derive_on_recovery
 from app.overrides.eos_producer import EosProducer
 from app.overrides.faust_app import MergerApp
@@ -120,7 +120,7 @@ def producer_factory(settings: Settings, transactional_id: str):
 
 
 def create_app(settings: Settings, layout: Layout) -> faust.App:
-    partitions = layout.state_partitions  # the held table's, fixed (app.kafka.topics)
+    partitions = layout.state_partitions  # the held table's, fixed (app.ops.topics)
     rekey_name = rekey_topic_name(settings)
     counts: Counter[str] = Counter()
     registry = AgentRegistry(settings.connection, settings.agents_topic, layout.agents_partitions)
@@ -178,7 +178,7 @@ def create_app(settings: Settings, layout: Layout) -> faust.App:
         web_host=settings.web_advertised_host,  # where other workers reach them (routing)
         topic_partitions=partitions,
         # the changelog and the assignor's leader topic, which Faust creates itself:
-        # replicated like the worker's own topics (app.kafka.topics)
+        # replicated like the worker's own topics (app.ops.topics)
         topic_replication_factor=layout.replication,
         key_serializer=RAW,
         value_serializer=RAW,

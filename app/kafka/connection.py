@@ -35,8 +35,6 @@ from aiokafka.errors import (
 )
 from aiokafka.helpers import create_ssl_context
 
-from app.overrides import oauthbearer
-
 DEFAULT_BOOTSTRAP = "localhost:9092"
 PROTOCOLS = ("PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL")
 MECHANISMS = ("PLAIN", "SCRAM-SHA-256", "SCRAM-SHA-512", "OAUTHBEARER")
@@ -113,10 +111,6 @@ def _file(name: str, value: str | None) -> str | None:
     if not os.access(path, os.R_OK):
         raise SettingsError(f"{name}: cannot read {value}")
     return value
-
-
-# A refused OAUTHBEARER token fails the login with the broker's reason, at once.
-oauthbearer.install()
 
 
 class FileTokenProvider(AbstractTokenProvider):

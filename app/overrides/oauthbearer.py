@@ -3,9 +3,10 @@
 Upstream (aiokafka 0.14.0, aiokafka/conn.py): subclasses `OAuthAuthenticator`
 (its `step(payload)` and `_token_sent`) and puts the subclass in its place in
 the module, where `AIOKafkaConnection.authenticator_oauth` looks the name up at
-each authentication. `install()` does that; app.kafka.connection calls it, so
-every client built from a `Connection` (the worker's, the tools', the tests')
-has it.
+each authentication. `install()` does that, for the whole process: the
+`cameleer-merger` command calls it first (app/__main__.py), so the worker's and
+the tools' clients have it; a test that connects with OAUTHBEARER itself calls it
+too.
 
 Why: a broker that refuses a token answers the client's first message with an
 error challenge (RFC 7628 3.2.2: `{"status": "invalid_token"}`) and waits for

@@ -24,8 +24,8 @@ from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 
 import localkafka
 from app.kafka.connection import Connection
-from app.kafka.topics import changelog_topic_name, ensure_topics, leader_topic_name
 from app.ops.config import Settings
+from app.ops.topics import changelog_topic_name, ensure_topics, leader_topic_name
 from chaos.processes import Topics, WorkerProcess
 
 from .harness import consume_until, event
@@ -110,7 +110,7 @@ def test_an_internal_topic_with_too_few_replicas_is_named_at_start(cluster, capl
     )
     changelog = changelog_topic_name(settings)
     create(cluster.bootstrap, changelog, 3, 1)  # as a one-broker cluster made it
-    with caplog.at_level(logging.WARNING, logger="app.kafka.topics"):
+    with caplog.at_level(logging.WARNING, logger="app.ops.topics"):
         layout = asyncio.run(ensure_topics(settings))
     assert layout.replication == 3
     warnings = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]

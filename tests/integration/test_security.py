@@ -30,14 +30,18 @@ from aiokafka.protocol.admin import CreateAclsRequest, DeleteAclsRequest
 import localkafka
 from app.kafka import access
 from app.kafka.connection import Connection, KafkaRefused
-from app.kafka.topics import ensure_topics
 from app.ops.config import Settings
+from app.ops.topics import ensure_topics
+from app.overrides import oauthbearer
 from chaos.processes import WORKER_COMMAND, Topics, WorkerProcess
 from localkafka.tls import Certificates, make_broker_certificates, make_ca
 
 from .harness import consume_until, create_topic, event, for_key, produce
 
 pytestmark = pytest.mark.integration
+
+# this process connects with OAUTHBEARER itself, as the cameleer-merger command does
+oauthbearer.install()
 
 USERS = ("admin", "merger", "stranger")  # admin: a super user; stranger: no ACLs at all
 

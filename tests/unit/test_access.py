@@ -36,7 +36,7 @@ def test_a_broker_that_does_not_say_what_is_allowed_is_not_a_refusal():
 
 
 def test_an_existing_topic_with_fewer_replicas_than_asked_is_named_with_the_fix():
-    from app.kafka.topics import warn_under_replicated
+    from app.ops.topics import warn_under_replicated
 
     infos = {
         "changelog": access.TopicInfo("changelog", 0, 6, access.UNKNOWN_OPERATIONS, 1),

@@ -20,7 +20,7 @@ from app.core.heldstate import state_key
 from app.engine.engine import Engine
 from app.engine.processor import Destinations, Processor, now_ms, partition_for
 from app.kafka.kip447 import GroupMetadata
-from app.kafka.topics import state_partition_count
+from app.ops.topics import state_partition_count
 from app.overrides.assignor import colocate_raw
 from app.state.statestore import StateStore
 

@@ -578,8 +578,12 @@ class _Token:
 
 
 def test_oauthbearer_is_where_aiokafka_builds_its_authenticator_from():
+    import app.__main__
+
+    assert "oauthbearer.install()" in inspect.getsource(app.__main__.main)
+    oauthbearer.install()
     assert aiokafka.conn.OAuthAuthenticator is oauthbearer.OAuthAuthenticator, (
-        f"app.kafka.connection no longer installs {where(oauthbearer)}"
+        f"installing {where(oauthbearer)} no longer replaces aiokafka's authenticator"
     )
     assert AIOKAFKA_OAUTH.__module__ == "aiokafka.conn"
 

@@ -16,15 +16,12 @@ from __future__ import annotations
 
 import logging
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
 
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 from aiokafka.errors import KafkaError, TopicAlreadyExistsError
 
 from app.kafka import access
-
-if TYPE_CHECKING:  # the operator's settings, read here, never imported at run time
-    from app.ops.config import Settings
+from app.ops.config import Settings
 
 log = logging.getLogger(__name__)
 
