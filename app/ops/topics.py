@@ -28,6 +28,7 @@ log = logging.getLogger(__name__)
 OUTPUT_CONFIG = {"cleanup.policy": "compact", "min.compaction.lag.ms": "0"}
 DLQ_CONFIG = {"cleanup.policy": "delete"}
 AGENTS_CONFIG = {"cleanup.policy": "compact"}
+CHANGELOG_CONFIG = {"cleanup.policy": "compact"}  # Faust's for a table without windows
 # Re-key records are read within moments; a week covers any outage worth surviving.
 REKEY_CONFIG = {"cleanup.policy": "delete", "retention.ms": str(7 * 24 * 3600 * 1000)}
 
@@ -183,6 +184,15 @@ async def _prepare(admin: AIOKafkaAdminClient, settings: Settings) -> Layout:
         if not info.exists:
             await _create(admin, name, partitions, replication, config, principal, grant)
             created = True
+    # The held table's changelog, as Faust would make it (compacted, the state's count),
+    # made here before the worker joins: Faust makes it only as the consumer subscribes,
+    # and on a cluster of several brokers the group's leader could then assign before
+    # its metadata showed the new topic, leaving the state partitions out of the first
+    # assignment (the worker refuses such an assignment and restarts).
+    changelog_info = infos[changelog]
+    if not changelog_info.exists and changelog_info.error_code != access.TOPIC_AUTHORIZATION_FAILED:
+        await _create(admin, changelog, state, replication, CHANGELOG_CONFIG, principal, internal)
+        created = True
     if created:
         infos, _ = await access.describe_topics(admin, names)
     # the worker's own topics; the raw and agents topics are ops' to replicate
@@ -191,7 +201,8 @@ async def _prepare(admin: AIOKafkaAdminClient, settings: Settings) -> Layout:
     )
     for name, _partitions, _config, grant in wanted:
         await access.check_topic(admin, principal, grant, infos[name])
-    # Faust makes these two itself; they need Create while they do not exist
+    # the changelog (made above unless refused) and Faust's leader topic, which it makes
+    # itself: they need Create while they do not exist
     changelog_topic = NewTopic(
         changelog, state, replication, topic_configs={"cleanup.policy": "compact"}
     )

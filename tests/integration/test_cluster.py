@@ -94,7 +94,7 @@ def test_every_topic_the_worker_creates_has_three_replicas(cluster, merging):
         topics.dlq,
         topics.agents,
         f"{topics.app_id}-rekey",
-        f"{topics.app_id}-held-changelog",  # made by Faust: where the in-flight state lives
+        f"{topics.app_id}-held-changelog",  # where the in-flight state lives
         f"{topics.app_id}-__assignor-__leader",  # made by Faust too
     ]
     got = replicas(cluster.bootstrap, created)
