@@ -223,3 +223,13 @@ class World:
         for key in keys:
             self.checkpoint.outputs.add(OUTPUT, partition, key, b"{}")
             self.store.apply(partition, {b"e" + key: b"marker-" + key})
+
+
+async def until(condition, timeout: float = 5.0) -> None:
+    """Poll `condition` at every turn of the event loop until it holds; fail at the deadline."""
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + timeout
+    while not condition():
+        if loop.time() > deadline:
+            raise AssertionError(f"not true within {timeout} s: {condition}")
+        await asyncio.sleep(0)  # the poll itself: one turn for the tasks under test

@@ -16,7 +16,7 @@ from app.engine.engine import Engine
 from app.engine.processor import Destinations, Processor, now_ms
 from app.kafka.kip447 import GroupMetadata
 
-from .commitfakes import CHANGELOG, OUTPUT, Data, Exited, Fatal, Log, Producer, state_store
+from .commitfakes import CHANGELOG, OUTPUT, Data, Exited, Fatal, Log, Producer, state_store, until
 
 RAW, REKEY = "raw", "rekey"
 RAW0, REKEY0 = TopicPartition(RAW, 0), TopicPartition(REKEY, 0)
@@ -145,17 +145,10 @@ def test_the_commit_timer_s_round_trips_overlap_the_next_batch(rig):
         await e.handle({RAW0: pair(0, "x1")}, epoch=1)
         rig.producer.hold = True  # the broker is slow to answer
         committing = asyncio.create_task(e.commit())
-        for _ in range(1_000):  # the commit is cut at the loop's next turns
-            if e.checkpoint.in_flight:
-                break
-            await asyncio.sleep(0)
-        assert e.checkpoint.in_flight
-        handling = asyncio.create_task(e.handle({RAW0: pair(2, "x2")}, epoch=1))
-        for _ in range(1_000):
-            if handling.done():
-                break
-            await asyncio.sleep(0)
-        assert handling.done() and not committing.done()  # handled while the commit waits
+        await until(lambda: e.checkpoint.in_flight)  # cut, and waiting on the broker
+        handling = e.handle({RAW0: pair(2, "x2")}, epoch=1)
+        await asyncio.wait_for(handling, timeout=5.0)  # fails if it waits for the commit
+        assert not committing.done()  # handled while the commit waits
         assert rig.sent(OUTPUT) == [b"x1"]
         rig.producer.release()
         await committing
